@@ -1,0 +1,168 @@
+"""Backend dispatch: ``sparse_attention(q, k, v, pattern, backend=...)``.
+
+Backends (each a module with ``attention(q, k, v, plan, scale)`` for one plan shared by the heads):
+
+* ``reference``: dense masked O(N^2), float64-capable: the oracle.
+* ``torch``: pure PyTorch, block-sparse from the plan, O(N·sqrt(N)); CPU and CUDA.
+* ``triton``: fused Triton kernels (CUDA; or the Triton interpreter with TRITON_INTERPRET=1).
+* ``flex``: the same plans fed to PyTorch's FlexAttention (CUDA).
+
+``auto`` picks ``triton`` on CUDA when Triton is importable, otherwise ``torch``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+from typing import Sequence
+
+import torch
+
+from ..patterns import Pattern
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "reference", "torch", "triton", "flex")
+_MODULES = {
+    "reference": "reference",
+    "torch": "torch_sparse",
+    "triton": "triton_attention",
+    "flex": "flex_attention",
+}
+# Tile size each backend's plans use.
+PLAN_BLOCK = {"torch": 64, "triton": 64, "flex": 128}
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_warned: set[str] = set()
+
+
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+
+
+def backend_available(name: str, device: torch.device | str = "cpu") -> bool:
+    """Whether ``name`` can run on ``device`` here (imports lazily; never raises)."""
+    device = torch.device(device)
+    if name in ("reference", "torch"):
+        return True
+    if name == "triton":
+        interp = os.environ.get("TRITON_INTERPRET") == "1"
+        if device.type != "cuda" and not interp:
+            return False
+    if name == "flex" and device.type != "cuda":
+        return False
+    try:
+        mod = _module(name)
+    except ImportError:
+        return False
+    check = getattr(mod, "available", None)
+    return bool(check(device)) if check else True
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The concrete backend for a request ('auto' resolved), or ValueError."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if backend == "auto":
+        if device.type == "cuda" and backend_available("triton", device):
+            return "triton"
+        if device.type == "cuda" and "auto" not in _warned:
+            _warned.add("auto")
+            log.warning("Triton kernels unavailable on %s; falling back to the torch backend", device)
+        return "torch"
+    if not backend_available(backend, device):
+        raise ValueError(
+            f"backend {backend!r} is not available on device {device.type!r} here; "
+            f"available: {', '.join(b for b in BACKENDS[1:] if backend_available(b, device))}"
+        )
+    return backend
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be (batch, heads, seq, head_dim), got shape {tuple(x.shape)}")
+        if x.dtype not in _DTYPES:
+            raise ValueError(f"{name} has dtype {x.dtype}; allowed: float16, bfloat16, float32, float64")
+    if q.shape != k.shape:
+        raise ValueError(f"q and k shapes differ: {tuple(q.shape)} vs {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v's (batch, heads, seq) {tuple(v.shape[:3])} differ from q's {tuple(q.shape[:3])}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+
+
+def _head_patterns(pattern, heads: int) -> list[Pattern]:
+    if isinstance(pattern, Pattern):
+        return [pattern] * heads
+    if isinstance(pattern, Sequence) and not isinstance(pattern, str):
+        pats = list(pattern)
+        if len(pats) != heads:
+            raise ValueError(f"got {len(pats)} patterns for {heads} heads; pass one, or one per head")
+        for p in pats:
+            if not isinstance(p, Pattern):
+                raise ValueError(f"pattern list holds {p!r}, which is not a Pattern")
+        return pats
+    raise ValueError(f"pattern must be a Pattern or a sequence of one per head, got {pattern!r}")
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern | Sequence[Pattern],
+    *,
+    backend: str = "auto",
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Causal sparse attention: each query attends the keys its pattern allows.
+
+    Args:
+        q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v).
+            float16, bfloat16, float32 (float64 on ``reference`` and ``torch``).
+        pattern: one pattern for every head, or a sequence of ``heads`` patterns (multi-head mode).
+        backend: ``auto``, ``reference``, ``torch``, ``triton`` or ``flex``.
+        scale: score scale, default 1/sqrt(head_dim).
+    Returns:
+        (batch, heads, seq, head_dim_v) in q's dtype. Softmax statistics are kept in float32.
+        A query whose pattern row is empty (``summary`` alone, early positions) gets zeros.
+    """
+    _check_inputs(q, k, v)
+    heads, n = q.shape[1], q.shape[2]
+    pats = _head_patterns(pattern, heads)
+    name = resolve_backend(backend, q.device)
+    if q.dtype == torch.float64 and name not in ("reference", "torch"):
+        raise ValueError(f"float64 runs on the reference and torch backends, not {name!r}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if n == 0:
+        return q.new_zeros(*q.shape[:3], v.shape[-1])
+    mod = _module(name)
+    distinct = list(dict.fromkeys(pats))
+    if name == "reference":
+        plans = {p: p for p in distinct}
+    else:
+        plans = {p: p.plan(n, PLAN_BLOCK[name], q.device) for p in distinct}
+    if len(distinct) == 1:
+        return mod.attention(q, k, v, plans[distinct[0]], scale)
+    multi = getattr(mod, "attention_multihead", None)
+    if multi is not None:
+        return multi(q, k, v, [plans[p] for p in pats], scale)
+    # Group the heads by pattern, run each group, put the heads back in order.
+    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    outs, index = [], []
+    for p in distinct:
+        idx = [h for h, hp in enumerate(pats) if hp == p]
+        sel = torch.tensor(idx, device=q.device)
+        outs.append(mod.attention(q[:, sel], k[:, sel], v[:, sel], plans[p], scale))
+        index.extend(idx)
+    del out
+    cat = torch.cat(outs, dim=1)
+    inv = torch.empty(heads, dtype=torch.long)
+    inv[torch.tensor(index)] = torch.arange(heads)
+    return cat[:, inv.to(q.device)]

@@ -1,0 +1,50 @@
+"""The oracle: dense masked attention, O(N^2) time and memory. Slow on purpose, exact on purpose.
+
+Every other backend is tested against this one (in float64, ``upcast=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..patterns import BlockPlan, Pattern
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: Pattern | BlockPlan,
+    scale: float | None = None,
+    *,
+    upcast: bool = True,
+    return_lse: bool = False,
+):
+    """Dense masked causal attention for one pattern shared by all heads.
+
+    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); returns
+    (batch, heads, seq, head_dim_v) in q's dtype (and the (batch, heads, seq) float32/64 log-sum-exp
+    of the scaled scores with ``return_lse``). ``plan`` is a pattern or a block plan of one.
+    ``upcast`` computes in float32 (float64 stays float64); without it the scores, softmax and
+    products run in the input dtype, which is what the tolerance rule's ``ref_lowprec`` needs.
+    A query with no allowed key (possible for ``summary`` alone) gets a zero output.
+    """
+    pattern = plan.pattern if isinstance(plan, BlockPlan) else plan
+    n, d = q.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    dtype = q.dtype
+    work = torch.promote_types(dtype, torch.float32) if upcast else dtype
+    qf, kf, vf = q.to(work), k.to(work), v.to(work)
+    mask = pattern.mask(n, device=q.device)
+    s = torch.matmul(qf, kf.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s.float() if work != torch.float64 else s, dim=-1)
+    empty = ~mask.any(-1)
+    s = s.masked_fill(empty[:, None], 0.0)  # keeps softmax finite on rows with no key
+    p = torch.softmax(s, dim=-1).masked_fill(empty[:, None], 0.0)
+    out = torch.matmul(p, vf).to(dtype)
+    if return_lse:
+        return out, lse
+    return out

@@ -1,0 +1,181 @@
+"""Pure-PyTorch block-sparse attention driven by a block plan: O(N·sqrt(N)) for the factorized patterns.
+
+No N x N tensor is ever built. For each segment of the plan, query tiles are processed in chunks:
+the chunk's keys are gathered tile by tile from the plan's layout, scores are computed only for the
+visited tiles (masked element by element only where the plan says so), and the softmax runs in
+float32. The backward pass recomputes each chunk from the saved output and log-sum-exp
+(FlashAttention-style), so memory stays at one chunk whatever the sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..patterns import BlockPlan, Segment
+
+# Largest score tensor (elements) one chunk may build; a few such tensors live at once.
+CHUNK_ELEMENTS = 1 << 23
+
+
+def _chunks(seg: Segment, rows: int):
+    """Yield (t0, t1, width): consecutive query tiles whose score tensors fit the budget."""
+    counts = seg.counts.tolist()
+    b = seg.block
+    tq = len(counts)
+    t0 = 0
+    while t0 < tq:
+        width = max(counts[t0], 1)
+        t1 = t0 + 1
+        while t1 < tq:
+            w = max(width, counts[t1])
+            if rows * (t1 + 1 - t0) * b * w * b > CHUNK_ELEMENTS:
+                break
+            width, t1 = w, t1 + 1
+        yield t0, t1, width
+        t0 = t1
+
+
+def _chunk_geometry(seg: Segment, t0: int, t1: int, width: int):
+    """Query positions (C, B), key positions (C, W*B) and the (C, B, W*B) allowed mask."""
+    qpos = seg.q_tiles[t0:t1]
+    lay = seg.layout[t0:t1, :width]
+    ent = seg.entry_pred[t0:t1, :width]
+    c, b = qpos.shape
+    kpos = torch.where(lay[:, :, None] >= 0, seg.k_tiles[lay.clamp(min=0)], -1)  # (C, W, B)
+    ent = torch.where(lay >= 0, ent, -2)  # -2: padding visit, never allowed
+    kpos = kpos.reshape(c, width * b)
+    ent_k = ent[:, :, None].expand(c, width, b).reshape(c, 1, width * b)
+    qi, kj = qpos[:, :, None], kpos[:, None, :]
+    allowed = (ent_k == -1) & (qi >= 0) & (kj >= 0)
+    for p, pred in enumerate(seg.preds):
+        sel = ent_k == p
+        if bool(sel.any()):
+            allowed = allowed | (sel & pred(qi, kj))
+    return qpos, kpos, allowed
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    """Softmax statistics and products in float32 (float64 inputs stay float64)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _gather(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x (B, H, N, D) gathered at pos (any shape, -1 -> row 0): (B, H, *pos.shape, D)."""
+    flat = pos.clamp(min=0).reshape(-1)
+    return x.index_select(2, flat).reshape(*x.shape[:2], *pos.shape, x.shape[-1])
+
+
+def _scatter_add(dst: torch.Tensor, pos: torch.Tensor, src: torch.Tensor) -> None:
+    """dst (B, H, N+1, D) += src (B, H, *pos.shape, D) at pos; -1 goes to the spare row N."""
+    n = dst.shape[2] - 1
+    flat = torch.where(pos >= 0, pos, n).reshape(-1)
+    dst.index_add_(2, flat, src.reshape(*src.shape[:2], -1, src.shape[-1]))
+
+
+def _segment_forward(q, k, v, seg: Segment, scale: float):
+    """Unnormalised pass: per-query output (already normalised within the segment) and lse."""
+    bsz, h, n, _ = q.shape
+    dv = v.shape[-1]
+    wt = _work_dtype(q)
+    out = q.new_zeros(bsz, h, n + 1, dv, dtype=wt)
+    lse = q.new_full((bsz, h, n + 1), float("-inf"), dtype=wt)
+    for t0, t1, width in _chunks(seg, bsz * h):
+        qpos, kpos, allowed = _chunk_geometry(seg, t0, t1, width)
+        qg = _gather(q, qpos).to(wt)  # (B, H, C, Bq, D)
+        kg = _gather(k, kpos).to(wt)  # (B, H, C, K, D)
+        vg = _gather(v, kpos).to(wt)
+        s = torch.matmul(qg, kg.transpose(-1, -2)) * scale
+        s = s.masked_fill(~allowed, float("-inf"))
+        m = torch.logsumexp(s, dim=-1)  # (B, H, C, Bq)
+        p = torch.exp(s - torch.where(torch.isfinite(m), m, 0.0)[..., None])
+        o = torch.matmul(p, vg)
+        _put(out, qpos, o, n)
+        _put(lse, qpos, m, n)
+    return out[:, :, :n], lse[:, :, :n]
+
+
+def _put(dst: torch.Tensor, pos: torch.Tensor, src: torch.Tensor, n: int) -> None:
+    """dst[:, :, pos] = src for valid positions (each query appears once per segment)."""
+    valid = (pos >= 0).reshape(-1)
+    idx = pos.reshape(-1)[valid]
+    src = src.reshape(*src.shape[:2], -1, *src.shape[4:])
+    dst[:, :, idx] = src[:, :, valid]
+
+
+def _merge(parts):
+    """Combine per-segment (normalised output, lse) over disjoint key sets."""
+    if len(parts) == 1:
+        return parts[0]
+    lses = torch.stack([lse for _, lse in parts])
+    total = torch.logsumexp(lses, dim=0)
+    safe = torch.where(torch.isfinite(total), total, 0.0)
+    out = 0
+    for o, lse in parts:
+        out = out + torch.exp(lse - safe)[..., None] * o
+    return out, total
+
+
+class _SparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan: BlockPlan, scale: float):
+        parts = [_segment_forward(q, k, v, seg, scale) for seg in plan.segments]
+        out, lse = _merge(parts)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.plan, ctx.scale = plan, scale
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse_unused):
+        q, k, v, out, lse = ctx.saved_tensors
+        plan, scale = ctx.plan, ctx.scale
+        bsz, h, n, d = q.shape
+        wt = _work_dtype(q)
+        dq = q.new_zeros(bsz, h, n + 1, d, dtype=wt)
+        dk = q.new_zeros(bsz, h, n + 1, d, dtype=wt)
+        dv = q.new_zeros(bsz, h, n + 1, v.shape[-1], dtype=wt)
+        dout = dout.to(wt)
+        delta = (dout * out).sum(-1)  # (B, H, N)
+        lse_safe = torch.where(torch.isfinite(lse), lse, 0.0)
+        for seg in plan.segments:
+            for t0, t1, width in _chunks(seg, bsz * h):
+                qpos, kpos, allowed = _chunk_geometry(seg, t0, t1, width)
+                qg, kg, vg = (_gather(x, p).to(wt) for x, p in ((q, qpos), (k, kpos), (v, kpos)))
+                dog = _gather(dout, qpos)
+                lg = lse_safe[:, :, qpos.clamp(min=0)]
+                dg = delta[:, :, qpos.clamp(min=0)]
+                s = torch.matmul(qg, kg.transpose(-1, -2)) * scale
+                p = torch.exp(s - lg[..., None]).masked_fill(~allowed, 0.0)
+                _scatter_add(dv, kpos, torch.matmul(p.transpose(-1, -2), dog))
+                dp = torch.matmul(dog, vg.transpose(-1, -2))
+                ds = p * (dp - dg[..., None]) * scale
+                _scatter_add(dq, qpos, torch.matmul(ds, kg))
+                _scatter_add(dk, kpos, torch.matmul(ds.transpose(-1, -2), qg))
+        return (
+            dq[:, :, :n].to(q.dtype),
+            dk[:, :, :n].to(k.dtype),
+            dv[:, :, :n].to(v.dtype),
+            None,
+            None,
+        )
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: BlockPlan,
+    scale: float | None = None,
+    *,
+    return_lse: bool = False,
+):
+    """Block-sparse attention for one plan shared by all heads.
+
+    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plan`` from
+    ``pattern.plan(seq, block, device)``. Returns (batch, heads, seq, head_dim_v) in q's dtype
+    (and the float32 log-sum-exp with ``return_lse``). Differentiable in q, k and v.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    out, lse = _SparseAttention.apply(q, k, v, plan, float(scale))
+    return (out, lse) if return_lse else out
