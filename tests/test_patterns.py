@@ -136,7 +136,7 @@ def test_plans_are_sparse_at_scale():
     assert P.strided(128).plan(n, 128).block_fraction() < 0.02
     assert P.local(128).plan(n, 128).block_fraction() < 0.035
     fixed = P.union(*P.factorized("fixed", 128, 32))
-    assert fixed.plan(n, 128).block_fraction() < 0.27
+    assert fixed.plan(n, 128).block_fraction() < 0.28
     assert len(fixed.plan(n, 128).segments) == 1  # one pass: own block + gathered summaries
 
 
