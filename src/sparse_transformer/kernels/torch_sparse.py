@@ -38,22 +38,22 @@ def _chunks(seg: Segment, rows: int):
 
 
 def _chunk_geometry(seg: Segment, t0: int, t1: int, width: int):
-    """Query positions (C, B), key positions (C, W*B) and the (C, B, W*B) allowed mask."""
+    """Query positions (C, B), key positions (C, W*B) and the (C, B, W*B) allowed mask.
+
+    Visits the plan marks full are allowed wholesale; the predicate is evaluated only on the
+    partial visits' (B, B) tiles.
+    """
     qpos = seg.q_tiles[t0:t1]
     lay = seg.layout[t0:t1, :width]
     ent = seg.entry_pred[t0:t1, :width]
     c, b = qpos.shape
     kpos = torch.where(lay[:, :, None] >= 0, seg.k_tiles[lay.clamp(min=0)], -1)  # (C, W, B)
-    ent = torch.where(lay >= 0, ent, -2)  # -2: padding visit, never allowed
-    kpos = kpos.reshape(c, width * b)
-    ent_k = ent[:, :, None].expand(c, width, b).reshape(c, 1, width * b)
-    qi, kj = qpos[:, :, None], kpos[:, None, :]
-    allowed = (ent_k == -1) & (qi >= 0) & (kj >= 0)
+    allowed = ((lay >= 0) & (ent < 0))[:, None, :, None].expand(c, b, width, b).clone()
     for p, pred in enumerate(seg.preds):
-        sel = ent_k == p
-        if bool(sel.any()):
-            allowed = allowed | (sel & pred(qi, kj))
-    return qpos, kpos, allowed
+        ci, wi = torch.nonzero((lay >= 0) & (ent == p), as_tuple=True)
+        if ci.numel():
+            allowed[ci, :, wi, :] = pred(qpos[ci][:, :, None], kpos[ci, wi][:, None, :])
+    return qpos, kpos.reshape(c, width * b), allowed.view(c, b, width * b)
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -86,11 +86,14 @@ def _segment_forward(q, k, v, seg: Segment, scale: float):
         qg = _gather(q, qpos).to(wt)  # (B, H, C, Bq, D)
         kg = _gather(k, kpos).to(wt)  # (B, H, C, K, D)
         vg = _gather(v, kpos).to(wt)
-        s = torch.matmul(qg, kg.transpose(-1, -2)) * scale
-        s = s.masked_fill(~allowed, float("-inf"))
-        m = torch.logsumexp(s, dim=-1)  # (B, H, C, Bq)
-        p = torch.exp(s - torch.where(torch.isfinite(m), m, 0.0)[..., None])
-        o = torch.matmul(p, vg)
+        s = torch.matmul(qg * scale, kg.transpose(-1, -2))
+        s.masked_fill_(~allowed, float("-inf"))
+        m = s.amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, 0.0)
+        p = s.sub_(m).exp_()  # in place: one pass over the scores
+        denom = p.sum(-1, keepdim=True)
+        o = torch.matmul(p, vg) / torch.where(denom > 0, denom, 1.0)
+        m = (m + denom.log()).squeeze(-1)  # log-sum-exp; -inf where no key is allowed
         _put(out, qpos, o, n)
         _put(lse, qpos, m, n)
     return out[:, :, :n], lse[:, :, :n]
@@ -145,11 +148,11 @@ class _SparseAttention(torch.autograd.Function):
                 dog = _gather(dout, qpos)
                 lg = lse_safe[:, :, qpos.clamp(min=0)]
                 dg = delta[:, :, qpos.clamp(min=0)]
-                s = torch.matmul(qg, kg.transpose(-1, -2)) * scale
-                p = torch.exp(s - lg[..., None]).masked_fill(~allowed, 0.0)
+                p = torch.matmul(qg * scale, kg.transpose(-1, -2))
+                p = p.sub_(lg[..., None]).exp_().masked_fill_(~allowed, 0.0)
                 _scatter_add(dv, kpos, torch.matmul(p.transpose(-1, -2), dog))
-                dp = torch.matmul(dog, vg.transpose(-1, -2))
-                ds = p * (dp - dg[..., None]) * scale
+                ds = torch.matmul(dog, vg.transpose(-1, -2))
+                ds = ds.sub_(dg[..., None]).mul_(p).mul_(scale)
                 _scatter_add(dq, qpos, torch.matmul(ds, kg))
                 _scatter_add(dk, kpos, torch.matmul(ds.transpose(-1, -2), qg))
         return (
