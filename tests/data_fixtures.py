@@ -160,6 +160,27 @@ def cifar_batch_pickle(images: np.ndarray, protocol: int = 2) -> bytes:
     return pickle.dumps(d, protocol=protocol)
 
 
+def py2_batch_pickle(planar: np.ndarray, labels: list[int]) -> bytes:
+    """A batch pickled the way Python 2's cPickle wrote the real CIFAR-10 files (protocol 2,
+    ``str`` keys as SHORT_BINSTRING, ``numpy.core.multiarray._reconstruct``, raw data as a
+    BINSTRING), written opcode by opcode."""
+
+    def short(b: bytes) -> bytes:
+        return b"U" + bytes([len(b)]) + b
+
+    n, width = planar.shape
+    raw = np.ascontiguousarray(planar, np.uint8).tobytes()
+    out = b"\x80\x02}(" + short(b"data")
+    out += b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+    out += b"K\x00\x85" + short(b"b") + b"\x87R"
+    out += b"(K\x01J" + struct.pack("<i", n) + b"J" + struct.pack("<i", width) + b"\x86"
+    out += b"cnumpy\ndtype\n" + short(b"u1") + b"K\x00K\x01\x87R"
+    out += b"(K\x03" + short(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    out += b"\x89T" + struct.pack("<I", len(raw)) + raw + b"tb"
+    out += short(b"labels") + b"](" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
+    return out + b"u."
+
+
 def make_cifar_tar(
     folder: Path, per_batch: int = 5, n_test: int = 4
 ) -> tuple[Path, np.ndarray, np.ndarray]:
@@ -176,7 +197,11 @@ def make_cifar_tar(
 
         add("batches.meta", pickle.dumps({b"label_names": [b"airplane"]}, protocol=2))
         for i, imgs in enumerate(train, 1):
-            add(f"data_batch_{i}", cifar_batch_pickle(imgs))
+            if i % 2:  # odd batches as Python 2 wrote them, even ones as Python 3 does
+                planar = imgs.transpose(0, 3, 1, 2).reshape(len(imgs), 3072)
+                add(f"data_batch_{i}", py2_batch_pickle(planar, [i % 10] * len(imgs)))
+            else:
+                add(f"data_batch_{i}", cifar_batch_pickle(imgs))
         add("test_batch", cifar_batch_pickle(test))
         add("readme.html", b"<html></html>")
     return p, np.concatenate(train), test
