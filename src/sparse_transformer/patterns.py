@@ -482,6 +482,22 @@ class BlockPlan:
         """Number of (query tile, key tile) visits: the kernel's work in tiles."""
         return sum(s.visits() for s in self.segments)
 
+    def pairs(self) -> int:
+        """Number of (query, key) pairs the pattern allows: the useful work (FLOPs = 4·pairs·D)."""
+        total = 0
+        for s in self.segments:
+            s = s.to("cpu")
+            sel = s.layout >= 0
+            total += int(((s.entry_pred < 0) & sel).sum()) * s.block * s.block
+            for p, pred in enumerate(s.preds):
+                ti, ei = torch.nonzero(sel & (s.entry_pred == p), as_tuple=True)
+                for lo in range(0, ti.numel(), 4096):
+                    t, e = ti[lo : lo + 4096], ei[lo : lo + 4096]
+                    q = s.q_tiles[t][:, :, None]
+                    k = s.k_tiles[s.layout[t, e]][:, None, :]
+                    total += int(pred(q, k).sum())
+        return total
+
     def block_fraction(self) -> float:
         """Visited tiles over the tiles of dense causal attention at the same block size."""
         t = -(-self.n // self.block)

@@ -1,0 +1,97 @@
+"""Pictures of attention patterns, like the paper's Figure 3 (needs matplotlib: the `plots` extra).
+
+For each head of a named pattern (and their union, the merged head) the figure shows
+* top: the receptive field of one query position on a 2-D grid of width ``stride`` (the query in
+  dark, the keys it attends in light), as the paper draws it;
+* bottom: the (n, n) connectivity matrix (rows: queries, columns: keys).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from . import patterns as P
+
+log = logging.getLogger(__name__)
+
+
+def heads_for(pattern: str, stride: int, c: int | None, mode: str = "merged") -> list[tuple[str, P.Pattern]]:
+    """(title, pattern) panels to draw: each factorized head, plus the union in merged mode."""
+    comps = P.from_name(pattern, stride, c)
+    panels = [(str(p), p) for p in comps]
+    if len(comps) > 1 and mode == "merged":
+        panels.append((f"merged: {pattern}", P.union(*comps)))
+    elif mode not in ("merged", "interleaved", "multihead"):
+        raise ValueError(f"unknown mode {mode!r}; choose from interleaved, merged, multihead")
+    return panels
+
+
+def pattern_figure(
+    pattern: str,
+    stride: int,
+    c: int | None,
+    n: int,
+    out: str | Path,
+    query: int | None = None,
+    mode: str = "merged",
+) -> Path:
+    """Draw ``pattern`` (dense | local | strided | fixed) at length ``n`` into ``out`` (PNG/SVG/PDF).
+
+    ``query`` is the position whose receptive field is drawn (default: the last position of the
+    second-to-last grid row, so both heads' structure is visible).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import ListedColormap
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ValueError("drawing patterns needs matplotlib: pip install 'sparse-transformer[plots]'") from e
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if n > 4096:
+        raise ValueError(f"n={n} is too large to draw element by element; use n <= 4096")
+    stride = stride if stride is not None else max(1, int(round(n**0.5)))
+    panels = heads_for(pattern, stride, c, mode)
+    width = stride
+    rows = -(-n // width)
+    if query is None:
+        query = min(n - 1, max(0, (rows - 1) * width - 1 + width // 2))
+    if not 0 <= query < n:
+        raise ValueError(f"query {query} out of range 0..{n - 1}")
+
+    cmap = ListedColormap(["#f4f4f4", "#7fb2e5", "#08306b"])
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6.6), squeeze=False)
+    for col, (title, p) in enumerate(panels):
+        grid = torch.zeros(rows * width)
+        grid[p.row(query)] = 1
+        grid[query] = 2
+        grid[n:] = float("nan")
+        ax = axes[0, col]
+        ax.imshow(grid.view(rows, width).numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest")
+        ax.set_title(f"{title}\nquery {query}: {len(p.row(query))} keys", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        m = p.mask(n).float()
+        m[torch.arange(n), torch.arange(n)] = torch.where(m.diagonal() > 0, 2.0, 0.0)
+        ax = axes[1, col]
+        ax.imshow(m.numpy(), cmap=cmap, vmin=0, vmax=2, interpolation="nearest")
+        ax.set_title(f"density {p.density(n):.3f} of causal", fontsize=9)
+        ax.set_xlabel("key j")
+        if col == 0:
+            ax.set_ylabel("query i")
+    desc = f"{pattern} pattern, stride {stride}" + (f", c {c}" if pattern == "fixed" else "") + f", n {n}"
+    fig.suptitle(desc + f"  (top: receptive field on a grid of width {width})", fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    log.info("wrote %s", out)
+    return out
