@@ -252,9 +252,9 @@ def wav_bytes(x: np.ndarray, rate: int, width: int = 2, channels: int = 1) -> by
     """PCM WAV of float samples in [-1, 1] (same signal on every channel)."""
     x = np.repeat(np.asarray(x, np.float64)[:, None], channels, axis=1)
     if width == 1:
-        raw = np.clip(np.round(x * 127 + 128), 0, 255).astype(np.uint8).tobytes()
+        raw = np.clip(np.round(x * 128 + 128), 0, 255).astype(np.uint8).tobytes()
     elif width == 2:
-        raw = np.clip(np.round(x * 32767), -32768, 32767).astype("<i2").tobytes()
+        raw = np.clip(np.round(x * 32768), -32768, 32767).astype("<i2").tobytes()
     else:
         raise ValueError(width)
     buf = io.BytesIO()
