@@ -73,7 +73,8 @@ def _ar_member(name: str, data: bytes) -> bytes:
 
 def make_deb(folder: Path, package: str, files: dict[str, bytes], compression: str = "xz") -> Path:
     """A minimal ``.deb``: ar archive with ``debian-binary``, ``control.tar.xz`` and
-    ``data.tar.<compression>`` holding ``files`` (paths like ``usr/share/...``, stored as ``./...``)."""
+    ``data.tar.<compression>`` holding ``files`` (paths like ``usr/share/...``, stored as
+    ``./...``)."""
 
     def tar_bytes(members: dict[str, bytes], comp: str) -> bytes:
         buf = io.BytesIO()

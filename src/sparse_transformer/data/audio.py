@@ -72,8 +72,8 @@ def mu_law_encode(x: np.ndarray, mu: int = MU) -> np.ndarray:
 
     ``F(x) = sign(x) ln(1 + µ|x|) / ln(1 + µ)`` is quantised uniformly:
     ``q = floor((F(x) + 1) / 2 * µ + 0.5)``. Round-trip error: since the companded value is off by
-    at most half a step (``1/µ``), ``|x - decode(encode(x))| <= (1 + µ|x|) / µ * ((1 + µ)**(1/µ) - 1)``,
-    i.e. about ``0.022 |x| + 8.6e-5`` for µ = 255.
+    at most half a step (``1/µ``),
+    ``|x - decode(encode(x))| <= (1 + µ|x|) / µ * ((1 + µ)**(1/µ) - 1)``, i.e. about ``0.022 |x| + 8.6e-5`` for µ = 255.
     """
     x = np.clip(np.asarray(x, dtype=np.float64), -1.0, 1.0)
     y = np.sign(x) * np.log1p(mu * np.abs(x)) / math.log1p(mu)
@@ -298,7 +298,8 @@ def prepare_audio(
         return out_dir
     return write_audio_dataset(
         out_dir, [(p.relative_to(root).as_posix(), p) for p in files], name=name,
-        sample_rate=sample_rate, normalize=normalize, source=f"{src.resolve()} ({len(files)} files)",
+        sample_rate=sample_rate, normalize=normalize,
+        source=f"{src.resolve()} ({len(files)} files)",
         licence="user-supplied recordings; see their source", params=params, progress=progress,
     )  # fmt: skip
 

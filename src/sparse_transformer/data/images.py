@@ -39,6 +39,7 @@ import logging
 import re
 import struct
 import tarfile
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -316,7 +317,8 @@ def _cifar_batch(raw: bytes, where: str) -> np.ndarray:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a pickled dict, got {type(obj).__name__}")  # noqa: TRY004
+        got = type(obj).__name__
+        raise ValueError(f"{where}: expected a pickled dict, got {got}")  # noqa: TRY004
     data = obj.get(b"data", obj.get("data"))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise ValueError(f"{where}: no uint8 (N, 3072) array under key b'data'")
@@ -392,14 +394,19 @@ def prepare_cifar10(
 
 def _load_npz_rows(path: Path) -> np.ndarray:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "data" not in z.files:
-                raise ValueError(f"{path}: no 'data' array (keys: {', '.join(z.files)})")
-            data = z["data"]
+        z = np.load(path, allow_pickle=False)
     except (OSError, EOFError, ValueError) as e:
-        if str(path) in str(e):
-            raise
         raise ValueError(f"{path}: not a readable npz file ({e})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        msg = f"{path}: expected an .npz archive, got a single .npy array"
+        raise ValueError(msg)  # noqa: TRY004
+    with z:
+        if "data" not in z.files:
+            raise ValueError(f"{path}: no 'data' array (keys: {', '.join(z.files)})")
+        try:
+            data = z["data"]
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: corrupt 'data' array ({e})") from e
     if data.dtype != np.uint8 or data.ndim != 2:
         raise ValueError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3*S*S)")
     return data
@@ -499,14 +506,16 @@ def prepare_images(
     force: bool = False,
     out_name: str | None = None,
     size: int | None = 32,
-    channels: int = 3,
-    crop: bool = True,
+    channels: int | None = 3,
+    crop: bool | None = True,
 ) -> Path:
     """Every PNG/JPEG under a folder, resized to ``size x size`` with ``channels`` 3 or 1."""
     folder = require_path(path, "images", "DIR (a folder of PNG/JPEG files) and --size S")
     if not folder.is_dir():
         raise ValueError(f"dataset 'images': --path {str(folder)!r} is not a folder")
     size = 32 if size is None else int(size)
+    channels = 3 if channels is None else channels
+    crop = True if crop is None else bool(crop)
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if channels not in (1, 3):

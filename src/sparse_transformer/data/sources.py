@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -33,6 +32,7 @@ __all__ = [
     "Fetch",
     "FetchError",
     "apt_download",
+    "is_deb",
     "iter_deb_files",
     "pip_download",
     "read_deb_files",
@@ -125,8 +125,8 @@ def apt_download(package: str, dest: Path) -> Path:
         "with --path FILE.deb"
     )
     with tempfile.TemporaryDirectory(dir=dest, prefix=".apt-") as tmp:
-        # apt drops privileges to the `_apt` user for downloads; let it write here.
-        os.chmod(tmp, 0o777)
+        # Run as root, apt cannot hand this private folder to its `_apt` user; it then warns
+        # ("Download is performed unsandboxed as root") and downloads anyway.
         _run(["apt-get", "download", package], Path(tmp), advice, timeout=1800)
         debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
         if not debs:
@@ -176,6 +176,15 @@ def iter_deb_files(path: str | Path) -> Iterator[tuple[str, tarfile.TarFile, tar
                 raise ValueError(f"{path}: cannot read {member}: {e}") from e
             return
     raise ValueError(f"{path}: no data.tar.* member in this .deb")
+
+
+def is_deb(path: str | Path) -> bool:
+    """True when ``path`` is a file starting with the ``ar`` magic of a ``.deb``."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    with open(p, "rb") as f:
+        return f.read(len(_AR_MAGIC)) == _AR_MAGIC
 
 
 def read_deb_files(path: str | Path, select: Callable[[str], bool]) -> dict[str, bytes]:

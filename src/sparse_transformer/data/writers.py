@@ -56,7 +56,9 @@ def write_png_grid(
     images: np.ndarray, path: str | Path, ncols: int | None = None, scale: int = 1, pad: int = 0
 ) -> Path:
     """Write ``uint8`` images ``(K, H, W, C)``, C = 1 or 3, as one PNG grid (see
-    :func:`image_grid`). Returns the path. Needs Pillow (``pip install 'sparse-transformer[plots]'``)."""
+    :func:`image_grid`). Returns the path.
+
+    Needs Pillow (``pip install 'sparse-transformer[plots]'``)."""
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -73,7 +75,9 @@ def write_png_grid(
 
 
 def write_wav(samples_uint8_mu_law: np.ndarray, sample_rate: int, path: str | Path) -> Path:
-    """Decode 8-bit µ-law samples (1-D ``uint8``) and write a mono 16-bit PCM WAV. Returns the path."""
+    """Decode 8-bit µ-law samples (1-D ``uint8``) and write a mono 16-bit PCM WAV.
+
+    Returns the path."""
     q = np.asarray(samples_uint8_mu_law)
     if q.ndim != 1 or q.dtype != np.uint8:
         raise ValueError(f"expected 1-D uint8 mu-law samples, got {q.dtype} {q.shape}")
