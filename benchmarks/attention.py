@@ -94,7 +94,7 @@ def measure_one(method: str, case: str, n: int, heads: int, dim: int, backward: 
 
 def run_child(args: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--child", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -104,7 +104,7 @@ def env_info() -> dict:
     import torch
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         commit = ""
     cpu = platform.processor() or platform.machine()
@@ -162,8 +162,8 @@ def summarize(result: dict) -> str:
     lines = [
         f"# CPU attention benchmark ({env['date']})",
         "",
-        f"{env['device']}; torch {env['torch']} ({env['threads']} threads); commit {env['commit']}; "
-        f"B=1, H={result['config']['H']}, D={result['config']['D']}, float32.",
+        (f"{env['device']}; torch {env['torch']} ({env['threads']} threads); commit {env['commit']}; "
+        f"B=1, H={result['config']['H']}, D={result['config']['D']}, float32."),
         "Command: `python benchmarks/attention.py`",
         "",
         "| case | N | pass | SDPA ms | torch ms | reference ms | torch speed-up vs SDPA | torch peak MB | SDPA peak MB | one N×N fp32 matrix MB |",

@@ -4,7 +4,28 @@ from __future__ import annotations
 
 import torch
 
+from sparse_transformer import patterns as P
 from sparse_transformer import sparse_attention
+
+PATTERN_KINDS = ("local", "strided", "block", "summary", "fixed", "stridedpair", "dense", "heads")
+
+
+def draw_pattern(data, kind: str, size: int, heads: int = 1):
+    """A pattern (or, for kind 'heads', a per-head list) drawn with hypothesis' ``data``."""
+    from hypothesis import strategies as st
+
+    if kind in ("summary", "fixed"):
+        c = data.draw(st.integers(1, size))
+        off = data.draw(st.integers(0, size // c - 1))
+        s = P.summary(size, c, off)
+        return s if kind == "summary" else P.union(P.block(size), s)
+    if kind == "stridedpair":
+        return P.union(*P.factorized("strided", size))
+    if kind == "dense":
+        return P.dense()
+    if kind == "heads":
+        return [data.draw(st.sampled_from([P.local(size), P.strided(size), P.block(size)])) for _ in range(heads)]
+    return {"local": P.local, "strided": P.strided, "block": P.block}[kind](size)
 
 
 def run(q, k, v, pattern, backend, grad_out, **kw):

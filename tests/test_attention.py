@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from attention_cases import PATTERN_KINDS, assert_close_to_reference, draw_pattern
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attention_cases import assert_close_to_reference
 from sparse_transformer import patterns as P
 from sparse_transformer import sparse_attention
 
@@ -108,14 +108,14 @@ def test_no_dense_score_matrix():
 @pytest.mark.parametrize(
     "args,match",
     [
-        (dict(backend="nope"), "unknown backend 'nope'"),
-        (dict(pattern=[P.local(4)] * 2), "2 patterns for 3 heads"),
-        (dict(pattern="local"), "pattern must be a Pattern"),
+        ({"backend": "nope"}, "unknown backend 'nope'"),
+        ({"pattern": [P.local(4)] * 2}, "2 patterns for 3 heads"),
+        ({"pattern": "local"}, "pattern must be a Pattern"),
     ],
 )
 def test_bad_arguments(args, match):
     q, k, v = qkv(1, 3, 10, 8, torch.float32)
-    kw = dict(pattern=P.local(4), backend="torch")
+    kw = {"pattern": P.local(4), "backend": "torch"}
     kw.update(args)
     with pytest.raises(ValueError, match=match):
         sparse_attention(q, k, v, kw.pop("pattern"), **kw)
@@ -133,7 +133,7 @@ def test_bad_shapes():
 
 @settings(max_examples=20, deadline=None)
 @given(
-    kind=st.sampled_from(["local", "strided", "block", "summary", "fixed", "stridedpair", "dense", "heads"]),
+    kind=st.sampled_from(PATTERN_KINDS),
     size=st.integers(1, 20),
     n=st.integers(1, 150),
     h=st.integers(1, 3),
@@ -141,17 +141,6 @@ def test_bad_shapes():
     data=st.data(),
 )
 def test_random_patterns_and_shapes(kind, size, n, h, d, data):
-    if kind in ("summary", "fixed"):
-        c = data.draw(st.integers(1, size))
-        off = data.draw(st.integers(0, size // c - 1))
-        p = P.summary(size, c, off) if kind == "summary" else P.union(P.block(size), P.summary(size, c, off))
-    elif kind == "stridedpair":
-        p = P.union(*P.factorized("strided", size))
-    elif kind == "dense":
-        p = P.dense()
-    elif kind == "heads":
-        p = [data.draw(st.sampled_from([P.local(size), P.strided(size), P.block(size)])) for _ in range(h)]
-    else:
-        p = {"local": P.local, "strided": P.strided, "block": P.block}[kind](size)
+    p = draw_pattern(data, kind, size, h)
     q, k, v = qkv(1, h, n, d, torch.float64, seed=n)
     assert_close_to_reference(q, k, v, p, "torch")

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from attention_cases import PATTERN_KINDS, draw_pattern
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -148,19 +149,12 @@ def test_plan_cached_per_key():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    kind=st.sampled_from(["local", "strided", "block", "summary", "fixed", "stridedpair"]),
+    kind=st.sampled_from(PATTERN_KINDS[:-1]),
     size=st.integers(1, 12),
     n=st.integers(1, 70),
     block=st.sampled_from([1, 2, 4, 8, 16]),
     data=st.data(),
 )
 def test_random_plans_cover_masks(kind, size, n, block, data):
-    if kind in ("summary", "fixed"):
-        c = data.draw(st.integers(1, size))
-        off = data.draw(st.integers(0, size // c - 1))
-        p = P.summary(size, c, off) if kind == "summary" else P.union(P.block(size), P.summary(size, c, off))
-    elif kind == "stridedpair":
-        p = P.union(*P.factorized("strided", size))
-    else:
-        p = {"local": P.local, "strided": P.strided, "block": P.block}[kind](size)
+    p = draw_pattern(data, kind, size)
     assert torch.equal(p.plan(n, block).coverage(), p.mask(n).long())

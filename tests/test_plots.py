@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from sparse_transformer.plots import heads_for, pattern_figure  # noqa: E402
+from sparse_transformer.plots import heads_for, pattern_figure
 
 
 @pytest.mark.parametrize("name,c", [("strided", None), ("fixed", 2), ("dense", None), ("local", None)])

@@ -27,32 +27,30 @@ Plans are cached on the pattern object per (n, block, device).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
 __all__ = [
-    "Pattern",
+    "PATTERN_NAMES",
+    "Block",
+    "BlockPlan",
     "Dense",
     "Local",
-    "Strided",
-    "Block",
-    "Summary",
-    "Union",
-    "dense",
-    "local",
-    "strided",
-    "block",
-    "summary",
-    "union",
-    "factorized",
-    "from_name",
-    "PATTERN_NAMES",
+    "Pattern",
     "Predicate",
     "Segment",
-    "BlockPlan",
+    "Strided",
+    "Summary",
+    "Union",
+    "block",
+    "dense",
+    "factorized",
+    "from_name",
+    "local",
+    "strided",
+    "summary",
+    "union",
 ]
 
 # Term kinds, shared with the kernels (they evaluate predicates from these integer codes).
@@ -255,7 +253,7 @@ class Union(Pattern):
             raise ValueError("union() needs at least one pattern")
         for p in self.members:
             if not isinstance(p, Pattern):
-                raise ValueError(f"union() takes patterns, got {p!r}")
+                raise TypeError(f"union() takes patterns, got {p!r}")
 
     def parts(self) -> tuple[Pattern, ...]:
         out: list[Pattern] = []
@@ -391,7 +389,7 @@ class Predicate:
 
 def _ap_info(tiles: torch.Tensor) -> torch.Tensor:
     """(T, 2) int64 (start, step) when a tile is a full arithmetic progression, else (-1, 0)."""
-    t, b = tiles.shape
+    _t, b = tiles.shape
     start = tiles[:, 0]
     if b == 1:
         ok = start >= 0
@@ -602,7 +600,7 @@ def _candidates(atom: Pattern, n: int, block: int):
     if isinstance(atom, Block):
         lo = torch.div((t * block // atom.size) * atom.size, block, rounding_mode="floor")
         return q, q, _band_layout(lo, t)
-    if isinstance(atom, Dense) or isinstance(atom, Strided):  # strided(1) is dense
+    if isinstance(atom, (Dense, Strided)):  # strided(1) is dense
         return q, q, _band_layout(torch.zeros_like(t), t)
     raise AssertionError(f"no plan for {atom}")
 

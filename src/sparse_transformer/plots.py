@@ -55,7 +55,7 @@ def pattern_figure(
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if n > 4096:
         raise ValueError(f"n={n} is too large to draw element by element; use n <= 4096")
-    stride = stride if stride is not None else max(1, int(round(n**0.5)))
+    stride = stride if stride is not None else max(1, round(n**0.5))
     panels = heads_for(pattern, stride, c, mode)
     width = stride
     rows = -(-n // width)

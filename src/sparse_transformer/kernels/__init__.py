@@ -16,7 +16,7 @@ import importlib
 import logging
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -116,7 +116,7 @@ def _head_patterns(pattern, heads: int) -> list[Pattern]:
             raise ValueError(f"got {len(pats)} patterns for {heads} heads; pass one, or one per head")
         for p in pats:
             if not isinstance(p, Pattern):
-                raise ValueError(f"pattern list holds {p!r}, which is not a Pattern")
+                raise TypeError(f"pattern list holds {p!r}, which is not a Pattern")
         return pats
     raise ValueError(f"pattern must be a Pattern or a sequence of one per head, got {pattern!r}")
 
