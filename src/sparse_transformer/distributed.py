@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -32,7 +32,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
@@ -64,7 +64,7 @@ def init_distributed(mode: str, device: str | torch.device | None = None) -> Dis
         dev = torch.device(device) if device is not None else torch.device("cuda" if want_cuda else "cpu")
         return DistInfo(device=dev)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local = int(os.environ.get("LOCAL_RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if mode == "none" and world > 1:
         raise ValueError(
             f"launched by torchrun with WORLD_SIZE={world} but train.distributed=none; "
