@@ -1,0 +1,158 @@
+"""Mixed precision and recomputation, applied from outside the model (spec sections 6 and 7).
+
+* ``train.precision`` = ``fp32`` | ``bf16`` | ``fp16``: the weights (and the optimizer) stay float32;
+  the forward and backward run under autocast in the chosen dtype. ``fp16`` adds dynamic loss
+  scaling (:class:`DynamicLossScaler`): the loss is multiplied by a scale before backward; a step
+  whose gradients hold inf/NaN is skipped and the scale halved; after ``growth_interval`` clean
+  steps in a row the scale doubles (the blocksparse example's rule).
+* ``train.recompute``: :func:`apply_recompute` makes every residual block of ``model.blocks``
+  recompute its forward pass during backward (only the residual stream is stored, as in the
+  paper's Figure 4). Dropout masks match between the forward and the recomputed forward because
+  the RNG state is saved and restored around the recomputation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The activation dtype of a ``train.precision`` name, or ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown train.precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context for a forward pass (a no-op for fp32)."""
+    dtype = compute_dtype(precision)
+    device_type = torch.device(device).type
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Recomputation
+# --------------------------------------------------------------------------------------------
+
+
+def _recomputed_forward(forward, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
+
+
+def apply_recompute(model: nn.Module) -> nn.Module:
+    """Recompute each residual block in the backward pass. Parameter names do not change, so
+    checkpoints are the same with and without it. Apply before FSDP wrapping."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError("recomputation needs a model with a .blocks ModuleList of residual blocks")
+    for block in blocks:
+        if getattr(block, "_recompute", False):
+            continue
+        block.forward = functools.partial(_recomputed_forward, block.forward)
+        block._recompute = True
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Dynamic loss scaling
+# --------------------------------------------------------------------------------------------
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2 gradients), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class DynamicLossScaler:
+    """fp16 loss scaling that works the same for plain, DDP and FSDP2 models.
+
+    Use: ``scaler.scale(loss).backward()``; ``ok = scaler.unscale_(params)`` (divides the
+    gradients by the scale and checks them, agreeing across ranks); clip; ``if ok: opt.step()``;
+    ``scaler.update(ok)``. With ``enabled=False`` every call is a no-op that returns ok.
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        init_scale: float = 2.0**16,
+        growth_interval: int = 1000,
+        factor: float = 2.0,
+        min_scale: float = 1.0,
+    ):
+        self.enabled = enabled
+        self.scale_value = float(init_scale)
+        self.growth_interval = int(growth_interval)
+        self.factor = float(factor)
+        self.min_scale = float(min_scale)
+        self.good_steps = 0
+        self.skipped = 0
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale_value if self.enabled else loss
+
+    def unscale_(self, params) -> bool:
+        """Divide gradients by the scale in place; True when every gradient is finite."""
+        if not self.enabled:
+            return True
+        grads = [_local(p.grad) for p in params if p.grad is not None]
+        if not grads:
+            return True
+        inv = 1.0 / self.scale_value
+        bad = torch.zeros((), device=grads[0].device)
+        for g in grads:
+            g.mul_(inv)
+            bad += (~torch.isfinite(g)).any().float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bool(bad.item() == 0)
+
+    def update(self, ok: bool) -> None:
+        if not self.enabled:
+            return
+        if not ok:
+            self.scale_value = max(self.min_scale, self.scale_value / self.factor)
+            self.good_steps = 0
+            self.skipped += 1
+            log.warning("non-finite gradients: step skipped, loss scale lowered to %g", self.scale_value)
+            return
+        self.good_steps += 1
+        if self.good_steps % self.growth_interval == 0:
+            self.scale_value *= self.factor
+
+    def state_dict(self) -> dict:
+        return {
+            "scale": self.scale_value,
+            "good_steps": self.good_steps,
+            "skipped": self.skipped,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale_value = float(state["scale"])
+        self.good_steps = int(state["good_steps"])
+        self.skipped = int(state.get("skipped", 0))
+
+
+def check_finite_loss(loss: torch.Tensor, step: int) -> None:
+    """Stop on a non-finite loss with a clear message (the last good checkpoint stays)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"loss is {value} at step {step}: training stopped; the last good checkpoint is kept "
+            "(try a lower train.lr, train.precision=bf16, or resume from the checkpoint)"
+        )
