@@ -1,0 +1,545 @@
+"""Fused block-sparse attention in Triton, forward and backward, driven by block plans.
+
+One kernel family serves every pattern: the plan is data (tile position tables, a visit list per
+tile, element predicates), not code. Layout after Triton's ``06-fused-attention`` tutorial:
+
+1. plan -> kernel tables (:class:`KernelTables`, cached on the plans),
+2. ``@triton.jit`` helpers (tile rows, element predicates, the online-softmax step),
+3. the kernels: forward, the log-sum-exp merge of segments, the backward pre-pass (delta), the fused
+   backward (dK/dV programs and dQ programs in one launch), the slot reduction,
+4. the ``torch.autograd.Function`` and the public wrappers.
+
+How a plan becomes work
+-----------------------
+* A tile's rows are original positions, read through a *descriptor* ``(start, shift, step_in,
+  step_out)``: row r lives at ``start + (r >> shift) * step_out + (r & (2**shift - 1)) * step_in``.
+  That covers contiguous tiles (step 1), strided-transpose tiles (step l: the kernel loads the rows
+  of one residue class directly, no permutation pass), several residue classes per tile and the
+  gathered summary columns (runs of c contiguous rows, one run per l-block). Other tiles (ragged
+  tails) fall back to a per-row index table (``start = -1``).
+* Each query tile has a visit list (CSR) of key tiles. *Fast* visits come first: every pair allowed
+  and both tiles described by a progression, so they run with no mask and no gather (and their
+  loads pipeline). The others carry a mask code: ``-1`` none, ``-2`` causal only, ``p >= 0`` the
+  element predicate ``p`` (rows of (sign, kind, a, b, c), see :meth:`Segment.pred_table`).
+  The upper triangle is never visited: the plans list only causal tiles.
+* Forward: one program per (head, query tile), online softmax in float32 (exp2), output and
+  log-sum-exp written once; no score matrix in memory.
+* Backward (FlashAttention-2 style, from the saved log-sum-exp): one launch holds the dK/dV programs
+  (one per key tile, walking the transposed visit list: the query tiles that see it) and the dQ
+  programs (one per query tile), longest walks first.
+* Several heads with different plans (the paper's multi-head mode) run in the same launches: each
+  program reads its (head, tile) from a work list.
+* Segments of one plan have disjoint (query, key) pair sets but share positions. The first segment's
+  query tiles and the first key tile holding a position *own* it and write straight to the output;
+  other tiles write float32 *slots* that a small pass merges (forward: log-sum-exp merge; backward:
+  addition). The target cases (one segment per head) need no slots; the fixed merged head's summary
+  key tiles share rows with the natural key tiles, so their dK/dV go through slots.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..patterns import BlockPlan
+
+__all__ = ["CONFIGS", "attention", "attention_multihead", "available"]
+
+LOG2E = 1.4426950408889634
+FULL, CAUSAL = -1, -2  # visit mask codes besides predicate ids >= 0
+
+# Launch configurations: (num_warps, num_stages) per kernel and tile size. Overridable (the GPU
+# benchmark sweeps them); measured on the H100, see docs/kernels.md.
+CONFIGS: dict[tuple[str, int], tuple[int, int]] = {
+    ("fwd", 16): (2, 2),
+    ("fwd", 32): (4, 2),
+    ("fwd", 64): (4, 3),
+    ("fwd", 128): (8, 3),
+    ("bwd", 16): (2, 2),
+    ("bwd", 32): (4, 2),
+    ("bwd", 64): (4, 2),
+    ("bwd", 128): (8, 2),
+}
+
+
+def available(device: torch.device | str) -> bool:
+    """CUDA with compute capability >= 8.0 and Triton importable, or the Triton interpreter."""
+    import os
+
+    device = torch.device(device)
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return device.type in ("cpu", "cuda")
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Plans -> kernel tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _descriptors(tiles: torch.Tensor) -> torch.Tensor:
+    """(T, 4) int64 (start, shift, step_in, step_out) of each tile, start = -1 where no two-level
+    arithmetic progression fits (then the kernel gathers the rows from the position table)."""
+    t, b = tiles.shape
+    r = torch.arange(b)
+    start = tiles[:, 0]
+    full = (tiles >= 0).all(1)
+    out = torch.full((t, 4), -1, dtype=torch.int64)
+    out[:, 1:] = 0
+    done = ~full
+    # Try the longest runs first: shift = log2(b) is a plain arithmetic progression.
+    for shift in range(b.bit_length() - 1, -1, -1):
+        run = 1 << shift
+        step_in = (tiles[:, 1] - start) if run > 1 else torch.zeros_like(start)
+        step_out = (tiles[:, run] - start) if run < b else torch.zeros_like(start)
+        pred = start[:, None] + (r >> shift)[None, :] * step_out[:, None] + (r & (run - 1))[None, :] * step_in[:, None]
+        ok = ~done & (pred == tiles).all(1)
+        out[ok, 0] = start[ok]
+        out[ok, 1] = shift
+        out[ok, 2] = step_in[ok]
+        out[ok, 3] = step_out[ok]
+        done |= ok
+    return out
+
+
+def _causal_only(seg, t: torch.Tensor, kt: torch.Tensor, p: int) -> torch.Tensor:
+    """For partial visits (t, kt) under predicate p: True where the predicate equals plain causality."""
+    out = torch.zeros(t.numel(), dtype=torch.bool)
+    pred = seg.preds[p]
+    for lo in range(0, t.numel(), 1024):
+        qi = seg.q_tiles[t[lo : lo + 1024]][:, :, None]
+        kj = seg.k_tiles[kt[lo : lo + 1024]][:, None, :]
+        causal = (kj <= qi) & (kj >= 0) & (qi >= 0)
+        out[lo : lo + 1024] = (pred(qi, kj) == causal).all(2).all(1)
+    return out
+
+
+@dataclass
+class _PlanTables:
+    """One plan's tables on the CPU (int64), local ids; concatenated by :func:`_combine`."""
+
+    qdesc: torch.Tensor  # (TQ, 5): start, shift, step_in, step_out, slot (-1: owner)
+    qpos: torch.Tensor  # (TQ, B)
+    kdesc: torch.Tensor  # (TK, 5)
+    kpos: torch.Tensor  # (TK, B)
+    fvis: torch.Tensor  # (V, 2): key tile, mask code; sorted by query tile, fast visits first
+    fptr: torch.Tensor  # (TQ + 1,)
+    fnfull: torch.Tensor  # (TQ,)
+    bvis: torch.Tensor  # (V, 2): query tile, mask code; sorted by key tile, fast visits first
+    bptr: torch.Tensor  # (TK + 1,)
+    bnfull: torch.Tensor  # (TK,)
+    preds: list  # list of (U_p, 5) int64 tensors
+    q_rounds: list  # lists of query-tile ids whose slots merge in one pass
+    k_rounds: list
+    n_qslots: int
+    n_kslots: int
+    zero_dkv: bool  # some key position has no owner tile: dK/dV start from zeros
+
+
+def _plan_tables(plan: BlockPlan) -> _PlanTables:
+    n = plan.n
+    qdesc, qpos, kdesc, kpos, vis_t, vis_k, vis_m, preds = [], [], [], [], [], [], [], []
+    q_rounds, k_rounds, k_round_sets = [], [], []
+    q_off = k_off = p_off = 0
+    n_qslots = n_kslots = 0
+    owned = torch.zeros(n, dtype=torch.bool)
+    for level, seg in enumerate(plan.segments):
+        seg = seg.to("cpu")
+        tq, tk = seg.q_tiles.shape[0], seg.k_tiles.shape[0]
+        # Queries: the first segment owns every position (each segment tiles all queries once).
+        qd = torch.cat([_descriptors(seg.q_tiles), torch.full((tq, 1), -1, dtype=torch.int64)], 1)
+        if level > 0:
+            qd[:, 4] = torch.arange(n_qslots, n_qslots + tq)
+            n_qslots += tq
+            q_rounds.append(list(range(q_off, q_off + tq)))
+        # Keys: a tile owns its rows when none of them is owned yet; otherwise it writes a slot.
+        kd = torch.cat([_descriptors(seg.k_tiles), torch.full((tk, 1), -1, dtype=torch.int64)], 1)
+        for i in range(tk):
+            rows = seg.k_tiles[i]
+            rows = rows[rows >= 0]
+            if not bool(owned[rows].any()):
+                owned[rows] = True
+                continue
+            kd[i, 4] = n_kslots
+            n_kslots += 1
+            for rnd, used in zip(k_rounds, k_round_sets):
+                if not bool(used[rows].any()):
+                    break
+            else:
+                rnd, used = [], torch.zeros(n, dtype=torch.bool)
+                k_rounds.append(rnd)
+                k_round_sets.append(used)
+            rnd.append(k_off + i)
+            used[rows] = True
+        qdesc.append(qd)
+        qpos.append(seg.q_tiles)
+        kdesc.append(kd)
+        kpos.append(seg.k_tiles)
+        # Visits with their mask codes.
+        sel = seg.layout >= 0
+        t = torch.arange(tq)[:, None].expand_as(seg.layout)[sel]
+        kt = seg.layout[sel]
+        ep = seg.entry_pred[sel]
+        code = torch.where(ep < 0, FULL, ep + p_off)
+        for p in range(len(seg.preds)):
+            m = ep == p
+            if bool(m.any()):
+                co = _causal_only(seg, t[m], kt[m], p)
+                code[torch.nonzero(m).squeeze(1)[co]] = CAUSAL
+        vis_t.append(t + q_off)
+        vis_k.append(kt + k_off)
+        vis_m.append(code)
+        table = seg.pred_table().cpu().to(torch.int64)
+        preds.extend(table[i] for i in range(table.shape[0]))
+        q_off += tq
+        k_off += tk
+        p_off += len(seg.preds)
+    vt, vk, vm = torch.cat(vis_t), torch.cat(vis_k), torch.cat(vis_m)
+    qd_all, kd_all = torch.cat(qdesc), torch.cat(kdesc)
+    # Fast visits: no mask and both tiles' rows computable without a gather (so the kernel's key
+    # loads depend on one level of table loads only, which Triton's pipeliner can overlap).
+    fast = (vm == FULL) & (qd_all[vt, 0] >= 0) & (kd_all[vk, 0] >= 0)
+    partial = (~fast).to(torch.int64)
+
+    def csr(major, minor, count):
+        key = (major * 2 + partial) * (q_off + k_off + 1) + minor
+        order = torch.argsort(key, stable=True)
+        ptr = torch.zeros(count + 1, dtype=torch.int64)
+        ptr[1:] = torch.cumsum(torch.bincount(major, minlength=count), 0)
+        nfull = torch.bincount(major[partial == 0], minlength=count)
+        return torch.stack([minor[order], vm[order]], 1), ptr, nfull
+
+    fvis, fptr, fnfull = csr(vt, vk, q_off)
+    bvis, bptr, bnfull = csr(vk, vt, k_off)
+    return _PlanTables(
+        qd_all, torch.cat(qpos), kd_all, torch.cat(kpos), fvis, fptr, fnfull,
+        bvis, bptr, bnfull, preds, q_rounds, k_rounds, n_qslots, n_kslots, not bool(owned.all()),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class KernelTables:
+    """Device tables for a list of per-head plans sharing (n, block); built once, cached."""
+
+    n: int
+    block: int
+    heads: int
+    qdesc: torch.Tensor  # (TQ, 5) int32
+    qpos: torch.Tensor  # (TQ, B) int32
+    kdesc: torch.Tensor
+    kpos: torch.Tensor
+    fvis: torch.Tensor  # (V, 6) int32: key tile, mask code, key tile descriptor (4)
+    fptr: torch.Tensor
+    fnfull: torch.Tensor
+    bvis: torch.Tensor  # (V, 6) int32: query tile, mask code, query tile descriptor (4)
+    bptr: torch.Tensor
+    bnfull: torch.Tensor
+    preds: torch.Tensor  # (P, U, 5) int32
+    n_preds_rows: int  # U
+    fwd_items: torch.Tensor  # (I, 2) int32: head, query tile
+    bwd_items: torch.Tensor  # (J, 3) int32: head, tile, kind (0: dK/dV of a key tile, 1: dQ)
+    q_round_items: tuple  # per round: (I, 2) int32 (head, query tile) of slot tiles
+    k_round_items: tuple
+    n_qslots: int
+    n_kslots: int
+    zero_dkv: bool
+
+
+def _combine(plans: list[BlockPlan], device) -> KernelTables:
+    distinct: list[BlockPlan] = []
+    for p in plans:
+        if not any(p is d for d in distinct):
+            distinct.append(p)
+    parts = [_plan_tables_cached(p) for p in distinct]
+    u = max(max((int(r.shape[0]) for r in pt.preds), default=1) for pt in parts)
+    q_off = k_off = p_off = qs_off = ks_off = 0
+    acc: dict[str, list] = {k: [] for k in ("qdesc", "qpos", "kdesc", "kpos", "fvis", "bvis", "fptr",
+                                             "bptr", "fnfull", "bnfull", "preds")}
+    offsets = []
+    v_f = v_b = 0
+    for pt in parts:
+        qd, kd = pt.qdesc.clone(), pt.kdesc.clone()
+        qd[:, 4] = torch.where(qd[:, 4] >= 0, qd[:, 4] + qs_off, -1)
+        kd[:, 4] = torch.where(kd[:, 4] >= 0, kd[:, 4] + ks_off, -1)
+        fv, bv = pt.fvis.clone(), pt.bvis.clone()
+        fv[:, 0] += k_off
+        bv[:, 0] += q_off
+        fv[:, 1] = torch.where(fv[:, 1] >= 0, fv[:, 1] + p_off, fv[:, 1])
+        bv[:, 1] = torch.where(bv[:, 1] >= 0, bv[:, 1] + p_off, bv[:, 1])
+        acc["qdesc"].append(qd)
+        acc["kdesc"].append(kd)
+        acc["qpos"].append(pt.qpos)
+        acc["kpos"].append(pt.kpos)
+        acc["fvis"].append(fv)
+        acc["bvis"].append(bv)
+        acc["fptr"].append(pt.fptr[:-1] + v_f)
+        acc["bptr"].append(pt.bptr[:-1] + v_b)
+        acc["fnfull"].append(pt.fnfull)
+        acc["bnfull"].append(pt.bnfull)
+        for r in pt.preds:
+            pad = torch.zeros(u - r.shape[0], 5, dtype=torch.int64)
+            acc["preds"].append(torch.cat([r, pad]))
+        offsets.append((q_off, k_off, pt))
+        q_off += pt.qdesc.shape[0]
+        k_off += pt.kdesc.shape[0]
+        p_off += len(pt.preds)
+        qs_off += pt.n_qslots
+        ks_off += pt.n_kslots
+        v_f += pt.fvis.shape[0]
+        v_b += pt.bvis.shape[0]
+    cat = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.int64) for k, v in acc.items()}
+    fptr = torch.cat([cat["fptr"], torch.tensor([v_f])])
+    bptr = torch.cat([cat["bptr"], torch.tensor([v_b])])
+    qdesc, kdesc = cat["qdesc"], cat["kdesc"]
+    fvis = torch.cat([cat["fvis"], kdesc[cat["fvis"][:, 0], :4]], 1)
+    bvis = torch.cat([cat["bvis"], qdesc[cat["bvis"][:, 0], :4]], 1)
+    preds = cat["preds"].view(-1, u, 5) if cat["preds"].numel() else torch.zeros(1, u, 5, dtype=torch.int64)
+    # Work lists, longest walks first (they finish last otherwise).
+    fwd, bwd, qr, kr = [], [], {}, {}
+    fwork = fptr[1:] - fptr[:-1]
+    bwork = bptr[1:] - bptr[:-1]
+    for h, p in enumerate(plans):
+        q0, k0, pt = next(o for o in offsets if o[2] is _plan_tables_cached(p))
+        tq, tk = pt.qdesc.shape[0], pt.kdesc.shape[0]
+        tiles_q = torch.arange(q0, q0 + tq)
+        tiles_k = torch.arange(k0, k0 + tk)
+        fwd.append(torch.stack([torch.full_like(tiles_q, h), tiles_q, fwork[tiles_q]], 1))
+        bwd.append(torch.stack([torch.full_like(tiles_k, h), tiles_k, torch.zeros_like(tiles_k),
+                                bwork[tiles_k] * 4], 1))
+        bwd.append(torch.stack([torch.full_like(tiles_q, h), tiles_q, torch.ones_like(tiles_q),
+                                fwork[tiles_q] * 3], 1))
+        for i, rnd in enumerate(pt.q_rounds):
+            qr.setdefault(i, []).extend((h, q0 + t) for t in rnd)
+        for i, rnd in enumerate(pt.k_rounds):
+            kr.setdefault(i, []).extend((h, k0 + t) for t in rnd)
+    fwd_items = torch.cat(fwd)
+    fwd_items = fwd_items[torch.argsort(-fwd_items[:, 2], stable=True)][:, :2]
+    bwd_items = torch.cat(bwd)
+    bwd_items = bwd_items[torch.argsort(-bwd_items[:, 3], stable=True)][:, :3]
+
+    def dev(x):
+        return x.to(torch.int32).contiguous().to(device)
+
+    return KernelTables(
+        n=distinct[0].n, block=distinct[0].block, heads=len(plans),
+        qdesc=dev(qdesc), qpos=dev(cat["qpos"]), kdesc=dev(kdesc), kpos=dev(cat["kpos"]),
+        fvis=dev(fvis), fptr=dev(fptr), fnfull=dev(cat["fnfull"]),
+        bvis=dev(bvis), bptr=dev(bptr), bnfull=dev(cat["bnfull"]),
+        preds=dev(preds), n_preds_rows=u,
+        fwd_items=dev(fwd_items), bwd_items=dev(bwd_items),
+        q_round_items=tuple(dev(torch.tensor(qr[i])) for i in sorted(qr)),
+        k_round_items=tuple(dev(torch.tensor(kr[i])) for i in sorted(kr)),
+        n_qslots=qs_off, n_kslots=ks_off, zero_dkv=any(pt.zero_dkv for pt in parts),
+    )
+
+
+def _plan_tables_cached(plan: BlockPlan) -> _PlanTables:
+    pt = plan.__dict__.get("_triton_tables")
+    if pt is None:
+        pt = _plan_tables(plan)
+        object.__setattr__(plan, "_triton_tables", pt)
+    return pt
+
+
+def kernel_tables(plans: list[BlockPlan], device) -> KernelTables:
+    """The device tables for per-head ``plans`` (cached on the first plan, keyed by the list)."""
+    first = plans[0]
+    cache = first.__dict__.get("_triton_combined")
+    if cache is None:
+        cache = {}
+        object.__setattr__(first, "_triton_combined", cache)
+    key = (tuple(id(p) for p in plans), str(torch.device(device)))
+    hit = cache.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], plans)):
+        hit = (list(plans), _combine(list(plans), device))
+        cache[key] = hit
+    return hit[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-4. Kernels (defined lazily: Triton is imported on first use)
+# ---------------------------------------------------------------------------------------------
+
+_K = None
+
+
+def _kernels():
+    global _K
+    if _K is None:
+        from . import triton_kernels
+
+        _K = triton_kernels
+    return _K
+
+
+def _config(kind: str, block: int) -> tuple[int, int]:
+    return CONFIGS.get((kind, block), (4, 2))
+
+
+def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _last_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _forward(q, k, v, tabs: KernelTables, scale: float):
+    kern = _kernels()
+    bsz, h, n, d = q.shape
+    dv = v.shape[-1]
+    blk = tabs.block
+    o = torch.empty(bsz, h, n, dv, device=q.device, dtype=q.dtype)
+    lse = torch.empty(bsz, h, n, device=q.device, dtype=torch.float32)
+    rows = max(tabs.n_qslots, 1) * blk
+    if tabs.n_qslots:
+        o_s = torch.empty(bsz, h, rows, dv, device=q.device, dtype=torch.float32)
+        lse_s = torch.empty(bsz, h, rows, device=q.device, dtype=torch.float32)
+    else:
+        o_s, lse_s = o, lse  # never written (no slot tiles)
+    warps, stages = _config("fwd", blk)
+    grid = (tabs.fwd_items.shape[0], bsz)
+    kern.fwd_kernel[grid](
+        q, k, v, o, lse, o_s, lse_s,
+        *_strides3(q), *_strides3(k), *_strides3(v),
+        h, n, rows,
+        tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull, tabs.preds, tabs.fwd_items,
+        scale * LOG2E,
+        BLOCK=blk, D=d, DV=dv, BD=_pow2(d), BDV=_pow2(dv), U=tabs.n_preds_rows,
+        num_warps=warps, num_stages=stages,
+    )
+    for items in tabs.q_round_items:
+        kern.merge_kernel[(items.shape[0], bsz)](
+            o, lse, o_s, lse_s, h, n, rows, tabs.qdesc, tabs.qpos, items,
+            BLOCK=blk, DV=dv, BDV=_pow2(dv), num_warps=4,
+        )
+    return o, lse
+
+
+def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
+    kern = _kernels()
+    bsz, h, n, d = q.shape
+    dv = v.shape[-1]
+    blk = tabs.block
+    delta = torch.empty_like(lse)
+    kern.delta_kernel[(triton_cdiv(n, 128), bsz * h)](
+        o, do, delta, h, n, *_strides3(do), BLOCK=128, DV=dv, BDV=_pow2(dv), num_warps=4,
+    )
+    dq = torch.empty(bsz, h, n, d, device=q.device, dtype=q.dtype)
+    alloc = torch.zeros if tabs.zero_dkv else torch.empty
+    dk = alloc(bsz, h, n, d, device=q.device, dtype=k.dtype)
+    dvv = alloc(bsz, h, n, dv, device=q.device, dtype=v.dtype)
+    qrows = max(tabs.n_qslots, 1) * blk
+    krows = max(tabs.n_kslots, 1) * blk
+    dq_s = torch.empty(bsz, h, qrows, d, device=q.device, dtype=torch.float32) if tabs.n_qslots else dq
+    if tabs.n_kslots:
+        dk_s = torch.empty(bsz, h, krows, d, device=q.device, dtype=torch.float32)
+        dv_s = torch.empty(bsz, h, krows, dv, device=q.device, dtype=torch.float32)
+    else:
+        dk_s, dv_s = dk, dvv
+    warps, stages = _config("bwd", blk)
+    grid = (tabs.bwd_items.shape[0], bsz)
+    kern.bwd_kernel[grid](
+        q, k, v, do, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
+        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
+        h, n, qrows, krows,
+        tabs.qdesc, tabs.qpos, tabs.kdesc, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull,
+        tabs.bvis, tabs.bptr, tabs.bnfull, tabs.preds, tabs.bwd_items,
+        scale, scale * LOG2E,
+        BLOCK=blk, D=d, DV=dv, BD=_pow2(d), BDV=_pow2(dv), U=tabs.n_preds_rows,
+        num_warps=warps, num_stages=stages,
+    )
+    for items in tabs.q_round_items:
+        kern.add_slots_kernel[(items.shape[0], bsz)](
+            dq, dq_s, dq, dq_s, h, n, qrows, tabs.qdesc, tabs.qpos, items,
+            BLOCK=blk, D=d, BD=_pow2(d), DV=d, BDV=_pow2(d), TWO=False, num_warps=4,
+        )
+    for items in tabs.k_round_items:
+        kern.add_slots_kernel[(items.shape[0], bsz)](
+            dk, dk_s, dvv, dv_s, h, n, krows, tabs.kdesc, tabs.kpos, items,
+            BLOCK=blk, D=d, BD=_pow2(d), DV=dv, BDV=_pow2(dv), TWO=True, num_warps=4,
+        )
+    return dq, dk, dvv
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(x: int) -> int:
+    return max(16, 1 << (int(x) - 1).bit_length())
+
+
+class _TritonSparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, tabs: KernelTables, scale: float):
+        q, k, v = (_last_contiguous(x) for x in (q, k, v))
+        o, lse = _forward(q, k, v, tabs, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.tabs, ctx.scale = tabs, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, o, lse, _last_contiguous(do), ctx.tabs, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def _check(q, k, v, plans: list[BlockPlan]) -> None:
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"the triton backend takes float16, bfloat16 or float32, got {q.dtype}")
+    d, dv = q.shape[-1], v.shape[-1]
+    if d > 256 or dv > 256:
+        raise ValueError(f"the triton backend supports head dims up to 256, got {d} and {dv}")
+    n = q.shape[2]
+    for p in plans:
+        if p.n != n:
+            raise ValueError(f"plan built for n={p.n}, inputs have n={n}")
+        b = p.block
+        if b < 16 or b & (b - 1):
+            raise ValueError(f"the triton backend needs a power-of-two plan block >= 16, got {b}")
+
+
+def attention_multihead(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: list[BlockPlan], scale: float | None = None
+) -> torch.Tensor:
+    """Block-sparse attention with one plan per head, all heads in the same launches.
+
+    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plans``: ``heads``
+    plans of one sequence length (``pattern.plan(seq, block, device)``). Returns (batch, heads, seq,
+    head_dim_v) in q's dtype; differentiable in q, k and v. float16, bfloat16, float32 (tf32 dots).
+    """
+    if len(plans) != q.shape[1]:
+        raise ValueError(f"got {len(plans)} plans for {q.shape[1]} heads")
+    _check(q, k, v, plans)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    blocks = sorted({p.block for p in plans})
+    if len(blocks) > 1:  # one launch family per tile size
+        out = q.new_empty(*q.shape[:3], v.shape[-1])
+        parts = []
+        for b in blocks:
+            idx = [h for h, p in enumerate(plans) if p.block == b]
+            sel = torch.tensor(idx, device=q.device)
+            parts.append((sel, attention_multihead(q[:, sel], k[:, sel], v[:, sel], [plans[h] for h in idx], scale)))
+        return out.index_copy(1, torch.cat([s for s, _ in parts]), torch.cat([o for _, o in parts], 1))
+    tabs = kernel_tables(plans, q.device)
+    return _TritonSparseAttention.apply(q, k, v, tabs, scale)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float | None = None
+) -> torch.Tensor:
+    """Block-sparse attention for one plan shared by all heads.
+
+    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plan`` from
+    ``pattern.plan(seq, block, device)`` (block a power of two >= 16). Returns (batch, heads, seq,
+    head_dim_v) in q's dtype; differentiable in q, k and v. float16, bfloat16, float32 (tf32 dots).
+    """
+    return attention_multihead(q, k, v, [plan] * q.shape[1], scale)

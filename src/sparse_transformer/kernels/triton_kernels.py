@@ -1,0 +1,436 @@
+"""The Triton kernels behind :mod:`.triton_attention` (imported lazily: importing this imports Triton).
+
+Helpers first (tile rows, element predicates), then the kernels: ``fwd_kernel``, ``merge_kernel``
+(log-sum-exp merge of segment slots), ``delta_kernel`` (rowsum(dO * O)), ``bwd_kernel`` (dK/dV and
+dQ programs in one launch) and ``add_slots_kernel`` (slot reduction). Tables and their meaning:
+:mod:`.triton_attention`. Scores live in the log2 domain (``qk_scale = scale * log2(e)``, exp2);
+the saved log-sum-exp is log2-based too.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rows_from(start, shift, s_in, s_out, pos_row, BLOCK: tl.constexpr):
+    """A tile's original positions: two-level arithmetic progression, or gathered (start < 0)."""
+    offs = tl.arange(0, BLOCK)
+    ap = start + (offs >> shift) * s_out + (offs & ((1 << shift) - 1)) * s_in
+    g = tl.load(pos_row + offs, mask=(offs * 0 + start) < 0, other=-1)
+    return tl.where(start >= 0, ap, g)
+
+
+@triton.jit
+def _tile_rows(desc, pos, t, BLOCK: tl.constexpr):
+    dp = desc + t * 5
+    return _rows_from(tl.load(dp), tl.load(dp + 1), tl.load(dp + 2), tl.load(dp + 3), pos + t * BLOCK, BLOCK)
+
+
+@triton.jit
+def _visit_rows(vis, pos, e, BLOCK: tl.constexpr):
+    """Rows of the tile named by visit ``e`` (its descriptor is stored inline in the visit)."""
+    vp = vis + e * 6
+    tile = tl.load(vp)
+    return _rows_from(tl.load(vp + 2), tl.load(vp + 3), tl.load(vp + 4), tl.load(vp + 5), pos + tile * BLOCK, BLOCK)
+
+
+@triton.jit
+def _visit_rows_ap(vis, e, BLOCK: tl.constexpr):
+    """Rows of a fast visit's tile: always a progression, no table gather."""
+    vp = vis + e * 6
+    offs = tl.arange(0, BLOCK)
+    shift = tl.load(vp + 3)
+    return tl.load(vp + 2) + (offs >> shift) * tl.load(vp + 5) + (offs & ((1 << shift) - 1)) * tl.load(vp + 4)
+
+
+@triton.jit
+def _load_rows(base, rows, stride, offs_d, D: tl.constexpr, BD: tl.constexpr, ROWMASK: tl.constexpr):
+    ptrs = base + rows.to(tl.int64)[:, None] * stride + offs_d[None, :]
+    if ROWMASK:
+        if BD == D:
+            x = tl.load(ptrs, mask=(rows >= 0)[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(rows >= 0)[:, None] & (offs_d < D)[None, :], other=0.0)
+    else:
+        if BD == D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=(offs_d < D)[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _outer(x, y, TRANS: tl.constexpr):
+    """(x_i, y_j) -> full (queries, keys) shape, or (keys, queries) with TRANS; x per query, y per key."""
+    if TRANS:
+        return x[None, :], y[:, None]
+    else:
+        return x[:, None], y[None, :]
+
+
+@triton.jit
+def _term(kind, a, b, c, qi, kj, TRANS: tl.constexpr):
+    """One atomic term (patterns.DENSE/LOCAL/STRIDED/BLOCK/SUMMARY), evaluated per row and per
+    column where it factorizes (valid for i, j >= 0; padding is masked by the caller)."""
+    bx, by = _outer(qi >= -1, kj >= -1, TRANS)
+    r = bx & by
+    if kind == 1:
+        x, y = _outer(qi, kj, TRANS)
+        r = (x - y) < a
+    elif kind == 2:
+        x2, y2 = _outer(qi % a, kj % a, TRANS)
+        r = x2 == y2
+    elif kind == 3:
+        x3, y3 = _outer(qi // a, kj // a, TRANS)
+        r = x3 == y3
+    elif kind == 4:
+        jm = kj % a
+        x4, y4 = _outer(qi >= -1, (jm >= b) & (jm <= c), TRANS)
+        r = x4 & y4
+    return r
+
+
+@triton.jit
+def _allowed(preds, code, qi, kj, U: tl.constexpr, TRANS: tl.constexpr):
+    """Element mask of a visit, (queries, keys) or (keys, queries) with TRANS: valid rows; causal
+    unless ``code`` is -1 (full); and predicate ``code`` if >= 0."""
+    x, y = _outer(qi, kj, TRANS)
+    ok = (x >= 0) & (y >= 0)
+    if code != -1:
+        ok = ok & (y <= x)
+    if code >= 0:
+        inc = ok & (x < -1)
+        exc = ok & (x < -1)
+        for u in tl.static_range(U):
+            row = preds + (code * U + u) * 5
+            sign = tl.load(row)
+            tv = _term(tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(row + 4), qi, kj, TRANS)
+            inc = inc | (tv & (sign > 0))
+            exc = exc | (tv & (sign < 0))
+        ok = ok & inc & (exc == 0)
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def fwd_kernel(
+    Q, K, V, O, LSE, OS, LSES,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
+    H, N, SROWS,
+    qdesc, qpos, kpos, fvis, fptr, fnfull, preds, items,
+    qk_scale,
+    BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    U: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.load(items + 2 * pid).to(tl.int64)
+    t = tl.load(items + 2 * pid + 1)
+    bh = b * H + h
+    offs = tl.arange(0, BLOCK)
+    od = tl.arange(0, BD)
+    odv = tl.arange(0, BDV)
+    qi = _tile_rows(qdesc, qpos, t, BLOCK)
+    q = _load_rows(Q + b * sqb + h * sqh, qi, sqn, od, D, BD, True)
+    kb = K + b * skb + h * skh
+    vb = V + b * svb + h * svh
+    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK, BDV], tl.float32)
+    e0 = tl.load(fptr + t)
+    e1 = tl.load(fptr + t + 1)
+    ef = e0 + tl.load(fnfull + t)
+    # Fast visits (every pair allowed, tile rows an arithmetic progression): no mask, no gather.
+    for e in range(e0, ef):
+        kj = _visit_rows_ap(fvis, e, BLOCK)
+        k = _load_rows(kb, kj, skn, od, D, BD, False)
+        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    # The others: gathered rows and/or a causal or predicate mask, element by element.
+    for e in range(ef, e1):
+        kj = _visit_rows(fvis, kpos, e, BLOCK)
+        code = tl.load(fvis + e * 6 + 1)
+        k = _load_rows(kb, kj, skn, od, D, BD, True)
+        v = _load_rows(vb, kj, svn, odv, DV, BDV, True)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.where(_allowed(preds, code, qi, kj, U, False), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    l_ok = l_i > 0
+    l_safe = tl.where(l_ok, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(l_ok, m_i + tl.math.log2(l_safe), float("-inf"))
+    valid = qi >= 0
+    slot = tl.load(qdesc + t * 5 + 4)
+    if slot < 0:
+        rows = qi.to(tl.int64)
+        tl.store(O + bh * N * DV + rows[:, None] * DV + odv[None, :], o.to(O.dtype.element_ty),
+                 mask=valid[:, None] & (odv < DV)[None, :])
+        tl.store(LSE + bh * N + rows, lse, mask=valid)
+    else:
+        rows = (slot * BLOCK + offs).to(tl.int64)
+        tl.store(OS + bh * SROWS * DV + rows[:, None] * DV + odv[None, :], o,
+                 mask=valid[:, None] & (odv < DV)[None, :])
+        tl.store(LSES + bh * SROWS + rows, lse, mask=valid)
+
+
+@triton.jit
+def merge_kernel(
+    O, LSE, OS, LSES, H, N, SROWS, qdesc, qpos, items,
+    BLOCK: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+):
+    """Fold one slot segment into (O, LSE): log-sum-exp weighted sum of the two partial outputs."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.load(items + 2 * pid).to(tl.int64)
+    t = tl.load(items + 2 * pid + 1)
+    bh = b * H + h
+    offs = tl.arange(0, BLOCK)
+    odv = tl.arange(0, BDV)
+    qi = _tile_rows(qdesc, qpos, t, BLOCK)
+    valid = qi >= 0
+    rows = qi.to(tl.int64)
+    srow = (tl.load(qdesc + t * 5 + 4) * BLOCK + offs).to(tl.int64)
+    mask2 = valid[:, None] & (odv < DV)[None, :]
+    l0 = tl.load(LSE + bh * N + rows, mask=valid, other=float("-inf"))
+    l1 = tl.load(LSES + bh * SROWS + srow, mask=valid, other=float("-inf"))
+    m = tl.maximum(l0, l1)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w0 = tl.math.exp2(l0 - m)
+    w1 = tl.math.exp2(l1 - m)
+    tot = w0 + w1
+    optr = O + bh * N * DV + rows[:, None] * DV + odv[None, :]
+    o0 = tl.load(optr, mask=mask2, other=0.0).to(tl.float32)
+    o1 = tl.load(OS + bh * SROWS * DV + srow[:, None] * DV + odv[None, :], mask=mask2, other=0.0)
+    tot_safe = tl.where(tot > 0, tot, 1.0)
+    o = (o0 * w0[:, None] + o1 * w1[:, None]) / tot_safe[:, None]
+    tl.store(optr, o.to(O.dtype.element_ty), mask=mask2)
+    tl.store(LSE + bh * N + rows, tl.where(tot > 0, m + tl.math.log2(tot_safe), float("-inf")), mask=valid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def delta_kernel(O, DO, DELTA, H, N, sdb, sdh, sdn, BLOCK: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr):
+    """delta[i] = sum_d dO[i, d] * O[i, d] (float32)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rows = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    odv = tl.arange(0, BDV)
+    mask = (rows < N)[:, None] & (odv < DV)[None, :]
+    o = tl.load(O + bh * N * DV + rows[:, None] * DV + odv[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdn + odv[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + bh * N + rows, tl.sum(o * do, 1), mask=rows < N)
+
+
+@triton.jit
+def _bwd_dkdv(
+    Q, K, V, DO, DK, DV_, LSE, DELTA, DKS, DVS,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+    b, h, bh, N, KROWS, kt,
+    qpos, kdesc, kpos, bvis, bptr, bnfull, preds,
+    scale, qk_scale,
+    BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    U: tl.constexpr,
+):
+    """dK, dV of key tile ``kt``: walk the query tiles that see it (transposed visit list)."""
+    offs = tl.arange(0, BLOCK)
+    od = tl.arange(0, BD)
+    odv = tl.arange(0, BDV)
+    kj = _tile_rows(kdesc, kpos, kt, BLOCK)
+    k = _load_rows(K + b * skb + h * skh, kj, skn, od, D, BD, True)
+    v = _load_rows(V + b * svb + h * svh, kj, svn, odv, DV, BDV, True)
+    qb = Q + b * sqb + h * sqh
+    dob = DO + b * sdb + h * sdh
+    lb = LSE + bh * N
+    db = DELTA + bh * N
+    dk = tl.zeros([BLOCK, BD], tl.float32)
+    dv = tl.zeros([BLOCK, BDV], tl.float32)
+    e0 = tl.load(bptr + kt)
+    e1 = tl.load(bptr + kt + 1)
+    ef = e0 + tl.load(bnfull + kt)
+    for e in range(e0, ef):
+        qi = _visit_rows_ap(bvis, e, BLOCK)
+        q = _load_rows(qb, qi, sqn, od, D, BD, False)
+        do = _load_rows(dob, qi, sdn, odv, DV, BDV, False)
+        lse = tl.load(lb + qi)
+        dl = tl.load(db + qi)
+        pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+        dv += tl.dot(pT.to(do.dtype), do)
+        dsT = pT * (tl.dot(v, tl.trans(do)) - dl[None, :])
+        dk += tl.dot(dsT.to(q.dtype), q)
+    for e in range(ef, e1):
+        qi = _visit_rows(bvis, qpos, e, BLOCK)
+        code = tl.load(bvis + e * 6 + 1)
+        q = _load_rows(qb, qi, sqn, od, D, BD, True)
+        do = _load_rows(dob, qi, sdn, odv, DV, BDV, True)
+        qv = qi >= 0
+        lse = tl.load(lb + qi, mask=qv, other=0.0)
+        dl = tl.load(db + qi, mask=qv, other=0.0)
+        ok = _allowed(preds, code, qi, kj, U, True)
+        pT = tl.where(ok, tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :]), 0.0)
+        dv += tl.dot(pT.to(do.dtype), do)
+        dsT = pT * (tl.dot(v, tl.trans(do)) - dl[None, :])
+        dk += tl.dot(dsT.to(q.dtype), q)
+    dk = dk * scale
+    valid = kj >= 0
+    slot = tl.load(kdesc + kt * 5 + 4)
+    if slot < 0:
+        rows = kj.to(tl.int64)
+        tl.store(DK + bh * N * D + rows[:, None] * D + od[None, :], dk.to(DK.dtype.element_ty),
+                 mask=valid[:, None] & (od < D)[None, :])
+        tl.store(DV_ + bh * N * DV + rows[:, None] * DV + odv[None, :], dv.to(DV_.dtype.element_ty),
+                 mask=valid[:, None] & (odv < DV)[None, :])
+    else:
+        rows = (slot * BLOCK + offs).to(tl.int64)
+        tl.store(DKS + bh * KROWS * D + rows[:, None] * D + od[None, :], dk,
+                 mask=valid[:, None] & (od < D)[None, :])
+        tl.store(DVS + bh * KROWS * DV + rows[:, None] * DV + odv[None, :], dv,
+                 mask=valid[:, None] & (odv < DV)[None, :])
+
+
+@triton.jit
+def _bwd_dq(
+    Q, K, V, DO, DQ, LSE, DELTA, DQS,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+    b, h, bh, N, QROWS, t,
+    qdesc, qpos, kpos, fvis, fptr, fnfull, preds,
+    scale, qk_scale,
+    BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    U: tl.constexpr,
+):
+    """dQ of query tile ``t``: walk its visit list again."""
+    offs = tl.arange(0, BLOCK)
+    od = tl.arange(0, BD)
+    odv = tl.arange(0, BDV)
+    qi = _tile_rows(qdesc, qpos, t, BLOCK)
+    qv = qi >= 0
+    q = _load_rows(Q + b * sqb + h * sqh, qi, sqn, od, D, BD, True)
+    do = _load_rows(DO + b * sdb + h * sdh, qi, sdn, odv, DV, BDV, True)
+    lse = tl.load(LSE + bh * N + qi, mask=qv, other=0.0)
+    dl = tl.load(DELTA + bh * N + qi, mask=qv, other=0.0)
+    kb = K + b * skb + h * skh
+    vb = V + b * svb + h * svh
+    dq = tl.zeros([BLOCK, BD], tl.float32)
+    e0 = tl.load(fptr + t)
+    e1 = tl.load(fptr + t + 1)
+    ef = e0 + tl.load(fnfull + t)
+    for e in range(e0, ef):
+        kj = _visit_rows_ap(fvis, e, BLOCK)
+        k = _load_rows(kb, kj, skn, od, D, BD, False)
+        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+        ds = p * (tl.dot(do, tl.trans(v)) - dl[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    for e in range(ef, e1):
+        kj = _visit_rows(fvis, kpos, e, BLOCK)
+        code = tl.load(fvis + e * 6 + 1)
+        k = _load_rows(kb, kj, skn, od, D, BD, True)
+        v = _load_rows(vb, kj, svn, odv, DV, BDV, True)
+        ok = _allowed(preds, code, qi, kj, U, False)
+        p = tl.where(ok, tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
+        ds = p * (tl.dot(do, tl.trans(v)) - dl[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    dq = dq * scale
+    slot = tl.load(qdesc + t * 5 + 4)
+    if slot < 0:
+        rows = qi.to(tl.int64)
+        tl.store(DQ + bh * N * D + rows[:, None] * D + od[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=qv[:, None] & (od < D)[None, :])
+    else:
+        rows = (slot * BLOCK + offs).to(tl.int64)
+        tl.store(DQS + bh * QROWS * D + rows[:, None] * D + od[None, :], dq,
+                 mask=qv[:, None] & (od < D)[None, :])
+
+
+@triton.jit
+def bwd_kernel(
+    Q, K, V, DO, DQ, DK, DV_, LSE, DELTA, DQS, DKS, DVS,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+    H, N, QROWS, KROWS,
+    qdesc, qpos, kdesc, kpos, fvis, fptr, fnfull, bvis, bptr, bnfull, preds, items,
+    scale, qk_scale,
+    BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    U: tl.constexpr,
+):
+    """One launch: item kind 0 computes a key tile's dK, dV; kind 1 a query tile's dQ."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.load(items + 3 * pid).to(tl.int64)
+    tile = tl.load(items + 3 * pid + 1)
+    kind = tl.load(items + 3 * pid + 2)
+    bh = b * H + h
+    if kind == 0:
+        _bwd_dkdv(
+            Q, K, V, DO, DK, DV_, LSE, DELTA, DKS, DVS,
+            sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+            b, h, bh, N, KROWS, tile,
+            qpos, kdesc, kpos, bvis, bptr, bnfull, preds,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, U,
+        )
+    else:
+        _bwd_dq(
+            Q, K, V, DO, DQ, LSE, DELTA, DQS,
+            sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+            b, h, bh, N, QROWS, tile,
+            qdesc, qpos, kpos, fvis, fptr, fnfull, preds,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, U,
+        )
+
+
+@triton.jit
+def add_slots_kernel(
+    X, XS, Y, YS, H, N, SROWS, desc, pos, items,
+    BLOCK: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+    TWO: tl.constexpr,
+):
+    """X[rows] += XS[slot rows] (and Y, YS with TWO) for one round of slot tiles."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.load(items + 2 * pid).to(tl.int64)
+    t = tl.load(items + 2 * pid + 1)
+    bh = b * H + h
+    offs = tl.arange(0, BLOCK)
+    rows_pos = _tile_rows(desc, pos, t, BLOCK)
+    valid = rows_pos >= 0
+    rows = rows_pos.to(tl.int64)
+    srow = (tl.load(desc + t * 5 + 4) * BLOCK + offs).to(tl.int64)
+    od = tl.arange(0, BD)
+    m = valid[:, None] & (od < D)[None, :]
+    xp = X + bh * N * D + rows[:, None] * D + od[None, :]
+    x = tl.load(xp, mask=m, other=0.0).to(tl.float32)
+    x += tl.load(XS + bh * SROWS * D + srow[:, None] * D + od[None, :], mask=m, other=0.0)
+    tl.store(xp, x.to(X.dtype.element_ty), mask=m)
+    if TWO:
+        odv = tl.arange(0, BDV)
+        mv = valid[:, None] & (odv < DV)[None, :]
+        yp = Y + bh * N * DV + rows[:, None] * DV + odv[None, :]
+        y = tl.load(yp, mask=mv, other=0.0).to(tl.float32)
+        y += tl.load(YS + bh * SROWS * DV + srow[:, None] * DV + odv[None, :], mask=mv, other=0.0)
+        tl.store(yp, y.to(Y.dtype.element_ty), mask=mv)

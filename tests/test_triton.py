@@ -1,0 +1,159 @@
+"""The Triton kernels against the float64 reference: values and all three gradients.
+
+Without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here before Triton
+is first imported), on tiny shapes: small tiles (16) so that every code path is hit — fast and
+masked visits, gathered tiles, ragged tails, segment merges (slots), per-head plan lists. On a CUDA
+machine the same cases run compiled, plus the ``gpu``-marked cases at real sizes.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+from attention_cases import assert_close_to_reference
+
+from sparse_transformer import patterns as P
+from sparse_transformer import sparse_attention
+from sparse_transformer.kernels import triton_attention as TA
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+
+def qkv(b, h, n, d, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, n, d, generator=g).to(dtype).to(DEVICE) for _ in range(3)]
+
+
+class _Block16:
+    """Run the dispatcher with 16-row tiles (many tiles at tiny n)."""
+
+    def __enter__(self):
+        from sparse_transformer import kernels
+
+        self.saved = kernels.PLAN_BLOCK["triton"]
+        kernels.PLAN_BLOCK["triton"] = 16
+
+    def __exit__(self, *exc):
+        from sparse_transformer import kernels
+
+        kernels.PLAN_BLOCK["triton"] = self.saved
+
+
+CASES = [
+    (P.local(16), 97),
+    (P.strided(16), 130),  # strided rows loaded in place (tile = one residue class, step 16)
+    (P.strided(5), 97),  # ragged classes: gathered tiles
+    (P.union(*P.factorized("fixed", 32, 8)), 130),  # merged head: summary columns gathered, slots
+    (P.union(*P.factorized("strided", 16)), 97),  # two segments: log-sum-exp merge
+    (P.summary(32, 8, 1), 97),  # rows with no key at all
+    (P.dense(), 61),
+]
+
+
+@pytest.mark.parametrize("pattern,n", CASES, ids=lambda x: str(x))
+def test_patterns_fp32(pattern, n):
+    q, k, v = qkv(1, 2, n, 32, torch.float32, seed=n)
+    # Compiled fp32 dots use tf32 (about 1e-3 relative); the interpreter computes in fp32.
+    atol = 2e-2 if DEVICE == "cuda" else None
+    with _Block16():
+        assert_close_to_reference(q, k, v, pattern, "triton", atol=atol)
+
+
+@pytest.mark.parametrize("n", [97, 130])
+def test_fp16_ragged_and_batch(n):
+    q, k, v = qkv(2, 2, n, 32, torch.float16, seed=1)
+    with _Block16():
+        assert_close_to_reference(q, k, v, P.union(*P.factorized("fixed", 32, 8)), "triton")
+
+
+def test_per_head_list_one_launch():
+    """Multi-head mode: local, strided and fixed heads in the same launches."""
+    heads = [P.local(16), P.strided(16), P.union(P.block(32), P.summary(32, 8, 1)), P.local(16)]
+    q, k, v = qkv(1, 4, 97, 32, torch.float16, seed=2)
+    with _Block16():
+        assert_close_to_reference(q, k, v, heads, "triton")
+
+
+def test_three_part_union_and_head_dim_padding():
+    """Three segments (two merge rounds) and a head dim that is not a power of two."""
+    q, k, v = qkv(1, 1, 70, 24, torch.float32, seed=3)
+    with _Block16():
+        assert_close_to_reference(q, k, v, P.union(P.local(8), P.strided(16), P.block(32)), "triton")
+
+
+def test_default_block_and_scale():
+    q, k, v = qkv(1, 2, 80, 32, torch.float32, seed=4)
+    assert_close_to_reference(q, k, v, P.union(*P.factorized("strided", 16)), "triton", scale=0.3)
+
+
+def test_causality():
+    n, t = 80, 45
+    q, k, v = qkv(1, 1, n, 32, torch.float32, seed=5)
+    with _Block16():
+        out = sparse_attention(q, k, v, P.union(*P.factorized("fixed", 16, 4)), backend="triton")
+        k2, v2 = k.clone(), v.clone()
+        k2[:, :, t:] += 1.0
+        v2[:, :, t:] -= 1.0
+        out2 = sparse_attention(q, k2, v2, P.union(*P.factorized("fixed", 16, 4)), backend="triton")
+    assert torch.equal(out[:, :, :t], out2[:, :, :t])
+
+
+def test_descriptors():
+    """Tile rows as two-level progressions: contiguous, strided, summary runs; gather otherwise."""
+    tiles = torch.tensor([
+        [0, 1, 2, 3],
+        [3, 19, 35, 51],
+        [12, 13, 28, 29],
+        [0, 1, 2, -1],
+        [0, 5, 1, 7],
+    ])
+    d = TA._descriptors(tiles)
+    r = torch.arange(4)
+    for i in range(3):
+        start, shift, s_in, s_out = d[i].tolist()
+        assert start >= 0
+        assert torch.equal(start + (r >> shift) * s_out + (r & ((1 << shift) - 1)) * s_in, tiles[i])
+    assert d[3, 0] == -1 and d[4, 0] == -1
+
+
+def test_bad_inputs():
+    q, k, v = qkv(1, 1, 40, 32, torch.float32)
+    with pytest.raises(ValueError, match="power-of-two"):
+        TA.attention(q, k, v, P.local(8).plan(40, 24))
+    with pytest.raises(ValueError, match="plan built for n"):
+        TA.attention(q, k, v, P.local(8).plan(41, 16))
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        TA.attention(q.double(), k.double(), v.double(), P.local(8).plan(40, 16))
+
+
+# ------------------------------------------------------------------------------------------
+# Real sizes, real GPU
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_targets_shapes(d, dtype):
+    n = 1500  # ragged against every tile size
+    q, k, v = qkv(1, 4, n, d, dtype, seed=d)
+    heads = [P.local(32), P.strided(32)] * 2
+    assert_close_to_reference(q, k, v, heads, "triton")
+    assert_close_to_reference(q, k, v, P.union(*P.factorized("fixed", 128, 32)), "triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_auto_picks_triton():
+    from sparse_transformer.kernels import resolve_backend
+
+    assert resolve_backend("auto", "cuda") == "triton"
