@@ -121,3 +121,14 @@ def test_generate_bad_inputs(args, kw, match):
     m = model()
     with pytest.raises(ValueError, match=match):
         generate(m, *args, progress=False, **kw)
+
+
+def test_cached_logits_bfloat16_model():
+    """A bfloat16 model samples with q·k in float32; logits stay close to its own forward."""
+    m = model(pattern="fixed", mode="merged").to(torch.bfloat16)
+    x = torch.randint(0, 256, (1, 30))
+    want = m(x).float()
+    got = incremental_logits(m, x, prefill_len=4).float()
+    err = (got - want).abs().max().item()
+    print(f"bf16: max |cached - forward| = {err:.3f} (scale {want.abs().max():.2f})")
+    assert got.dtype == torch.float32 and err < 0.05 * want.abs().max().item()

@@ -193,7 +193,15 @@ class SparseSelfAttention(nn.Module):
         )
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The sparse attention kernel on (B, H, T, ·) tensors; scale 1/sqrt(per-head q/k dim)."""
+        """The sparse attention kernel on (B, H, T, ·) tensors; scale 1/sqrt(per-head q/k dim).
+
+        Under autocast, q, k and v arrive in the autocast dtype and the kernel runs with autocast
+        off: the kernels choose their own precision (float32 softmax statistics), and autocast
+        would otherwise recast their internal float32 products."""
+        device_type = q.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type=device_type, enabled=False):
+                return sparse_attention(q, k, v, self.kernel_pattern, backend=self.backend)
         return sparse_attention(q, k, v, self.kernel_pattern, backend=self.backend)
 
     def forward(self, x: torch.Tensor, attend: Attend | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import MODES, SparseSelfAttention, layer_patterns
+from .attention import MODES, Attend, SparseSelfAttention, layer_patterns
 from .kernels import BACKENDS
 from .patterns import PATTERN_NAMES, Pattern
 
@@ -159,7 +159,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.d_model, cfg.ffn_width)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attend=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: Attend | None = None) -> torch.Tensor:
         # ``attend`` swaps the attention kernel (the cached sampler's hook); None in training.
         x = x + self.drop(self.attn(self.ln1(x), attend))
         x = x + self.drop(self.mlp(self.ln2(x)))
@@ -183,9 +183,6 @@ class SparseTransformer(nn.Module):
         self.data_shape = cfg.position_shape
         self.wte = nn.Embedding(cfg.vocab_size, d)  # W_e
         self.wpe = nn.ModuleList(nn.Embedding(s, d) for s in self.data_shape)  # W_1 .. W_n_emb
-        # Row-major coordinates of every position 0..ctx-1 in data_shape, (ctx, n_emb).
-        coords = torch.stack(torch.unravel_index(torch.arange(cfg.ctx), self.data_shape), dim=1)
-        self.register_buffer("pos_coords", coords, persistent=False)
         self.blocks = nn.ModuleList(Block(cfg, pats) for pats in layer_patterns(cfg))
         self.ln_f = nn.LayerNorm(d, eps=1e-6)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)  # W_out (paper eq. 11: no bias)
@@ -249,10 +246,18 @@ class SparseTransformer(nn.Module):
                 f"(sequence length must be 1..ctx={self.cfg.ctx})"
             )
         x = self.wte(idx)
-        coords = self.pos_coords[start : start + T]
+        coords = self.position_coords(start, T, idx.device)
         for j, table in enumerate(self.wpe):
             x = x + table(coords[:, j])
         return x
+
+    def position_coords(
+        self, start: int, length: int, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """(length, n_emb) row-major coordinates of positions start.. in ``data_shape``
+        (text: (i // stride, i % stride); images: (row, column, channel))."""
+        pos = torch.arange(start, start + length, device=device)
+        return torch.stack(torch.unravel_index(pos, self.data_shape), dim=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm and W_out: (B, T, d) -> (B, T, vocab)."""

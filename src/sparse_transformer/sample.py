@@ -217,7 +217,8 @@ def generate(
         generator: torch.Generator for reproducible sampling.
         progress: show a tqdm bar.
         stats: if given, filled with ``tokens``, ``seconds``, ``prefill_seconds`` and
-            ``tokens_per_s`` (new tokens over the whole call's wall time).
+            ``tokens_per_s`` (new tokens, all B sequences together, over the call's wall time,
+            prefill included).
     Returns:
         (B, T0 + length) int64 (1-D if the prompt was 1-D): the prompt followed by the samples.
     """
@@ -268,7 +269,7 @@ def generate(
     finally:
         net.train(was_training)
     seconds = time.perf_counter() - t0
-    rate = length / seconds if seconds > 0 else float("inf")
+    rate = B * length / seconds if seconds > 0 else float("inf")
     log.info(
         "sampled %d x %d tokens in %.2f s (prefill %d tokens %.2f s): %.1f tokens/s",
         B,
