@@ -55,24 +55,24 @@ def test_cached_logits_match_forward(kw):
         assert err < 1e-4
 
 
-def test_step_reads_only_the_pattern_row():
+@pytest.mark.parametrize("mode", ["multihead", "merged"])
+def test_step_reads_only_the_pattern_row(mode):
     """Poison every cached key/value outside the new position's pattern row: the step is unchanged."""
-    m = model(pattern="fixed", mode="multihead")
+    m = model(pattern="fixed", mode=mode, n_head=8, d_model=64)
     x = torch.randint(0, 256, (1, 40))
     i = 37
     cache = KVCache(m, 1, 40)
     prefill(m, x[:, :i], cache)
     clean = [(k.clone(), v.clone()) for k, v in zip(cache.k, cache.v)]
     want = step(m, x[:, i], cache)
-    for r, groups in enumerate(cache.groups):
+    for r, pats in enumerate(cache.head_patterns):
         cache.k[r].copy_(clean[r][0])
         cache.v[r].copy_(clean[r][1])
-        for pat, heads in groups:
+        for h, pat in enumerate(pats):
             outside = torch.ones(40, dtype=torch.bool)
             outside[pat.row(i)] = False
-            for h in heads.tolist():
-                cache.k[r][:, h, outside] = float("nan")
-                cache.v[r][:, h, outside] = float("nan")
+            cache.k[r][:, h, outside] = float("nan")
+            cache.v[r][:, h, outside] = float("nan")
     cache.n = i
     got = step(m, x[:, i], cache)
     assert torch.isfinite(got).all()
@@ -132,3 +132,23 @@ def test_cached_logits_bfloat16_model():
     err = (got - want).abs().max().item()
     print(f"bf16: max |cached - forward| = {err:.3f} (scale {want.abs().max():.2f})")
     assert got.dtype == torch.float32 and err < 0.05 * want.abs().max().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["interleaved", "merged", "multihead"])
+def test_cached_sampling_cuda(mode):
+    m = model(
+        pattern="fixed", mode=mode, ctx=256, d_model=64, stride=16, c=4, backend="auto"
+    ).cuda()
+    x = torch.randint(0, 256, (2, 150), device="cuda")
+    want = m(x)
+    got = incremental_logits(m, x, prefill_len=37)
+    err = (got - want).abs().max().item()
+    print(f"cuda {mode}: max |cached - forward| = {err:.2e}")
+    assert err < 1e-2 * want.abs().max().item()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    out = generate(m, x[:, :10], 100, generator=g, progress=False)
+    assert out.device.type == "cuda" and out.shape == (2, 110)
+    cpu_gen = generate(m, x[:, :10], 5, generator=torch.Generator().manual_seed(0), progress=False)
+    assert cpu_gen.shape == (2, 15)

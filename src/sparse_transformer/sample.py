@@ -51,8 +51,9 @@ class KVCache:
     """Keys and values of every past position, per layer: ``k[r]`` (B, H, capacity, d_qk/H),
     ``v[r]`` (B, H, capacity, d/H); ``n`` positions are filled.
 
-    Also holds, per layer, the heads grouped by pattern (``groups[r]``: (pattern, head index))
-    so a step computes each distinct pattern row once and gathers every group's keys in one go.
+    Also holds each layer's per-head patterns (``head_patterns[r]``); a step builds the key rows
+    once per distinct tuple of head patterns (layers usually share one) and gathers all heads'
+    keys in one indexing operation.
     """
 
     def __init__(
@@ -81,14 +82,8 @@ class KVCache:
             torch.zeros(batch, H, capacity, cfg.d_model // H, device=device, dtype=dtype)
             for _ in model.blocks
         ]
-        self.groups: list[list[tuple[Pattern, torch.Tensor]]] = []
-        for block in model.blocks:
-            pats = block.attn.patterns
-            groups = []
-            for pat in dict.fromkeys(pats):
-                heads = [h for h, hp in enumerate(pats) if hp == pat]
-                groups.append((pat, torch.tensor(heads, device=device)))
-            self.groups.append(groups)
+        self.head_patterns = [tuple(block.attn.patterns) for block in model.blocks]
+        self.heads = torch.arange(H, device=device)[:, None]  # (H, 1) for per-head gathers
         self.scale = 1.0 / math.sqrt(cfg.qk_width // H)
 
 
@@ -130,29 +125,47 @@ def step(model: SparseTransformer, token: torch.Tensor, cache: KVCache) -> torch
     i = cache.n
     if i >= cache.capacity:
         raise ValueError(f"the cache is full ({cache.capacity} positions)")
-    rows: dict[Pattern, torch.Tensor] = {}  # one row per distinct pattern, shared by layers
+    device = cache.k[0].device
+    layouts: dict[tuple[Pattern, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    def row(pat: Pattern, device) -> torch.Tensor:
-        if pat not in rows:
-            rows[pat] = pat.row(i).to(device)
-        return rows[pat]
+    def layout(pats: tuple[Pattern, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Key positions per head for query i: (1, R) shared by all heads, valid None; or
+        (H, R) padded to the longest row, with the (H, R) mask of real entries."""
+        if pats not in layouts:
+            rows = {p: p.row(i) for p in dict.fromkeys(pats)}
+            if len(rows) == 1:
+                layouts[pats] = (rows[pats[0]][None].to(device), None)
+            else:
+                width = max(len(r) for r in rows.values())
+                idx = torch.zeros(len(pats), width, dtype=torch.long)
+                valid = torch.zeros(len(pats), width, dtype=torch.bool)
+                for h, p in enumerate(pats):
+                    idx[h, : len(rows[p])] = rows[p]
+                    valid[h, : len(rows[p])] = True
+                layouts[pats] = (idx.to(device), valid.to(device))
+        return layouts[pats]
 
     def attend_for(r: int):
         def attend(q, k, v):  # (B, H, 1, ·)
             kc, vc = cache.k[r], cache.v[r]
             kc[:, :, i] = k[:, :, 0]
             vc[:, :, i] = v[:, :, 0]
-            out = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-            for pat, heads in cache.groups[r]:
-                keys = row(pat, kc.device)
-                if keys.numel() == 0:  # e.g. a summary-only head before the first summary
-                    continue
-                hk = heads[:, None]
-                kk = _fp32(kc[:, hk, keys[None, :]])  # (B, g, |row|, d_qk)
-                vv = _fp32(vc[:, hk, keys[None, :]])
-                s = torch.matmul(_fp32(q[:, heads]), kk.transpose(-1, -2)) * cache.scale
-                out[:, heads] = torch.matmul(torch.softmax(s, dim=-1), vv).to(out.dtype)
-            return out.to(v.dtype)
+            idx, valid = layout(cache.head_patterns[r])
+            if idx.shape[1] == 0:  # no key at all (a summary-only layer before any summary)
+                return torch.zeros_like(v)
+            if valid is None:  # one row for every head
+                kk, vv = kc.index_select(2, idx[0]), vc.index_select(2, idx[0])
+            else:
+                kk, vv = kc[:, cache.heads, idx], vc[:, cache.heads, idx]  # (B, H, R, ·)
+            s = torch.matmul(_fp32(q), _fp32(kk).transpose(-1, -2)) * cache.scale  # (B, H, 1, R)
+            if valid is not None:
+                s = s.masked_fill(~valid[:, None, :], float("-inf"))
+            p = torch.softmax(s, dim=-1)
+            vv = _fp32(vv)
+            if valid is not None:  # padding reads nothing; heads with an empty row get zeros
+                p = p.masked_fill(~valid[:, None, :], 0.0)
+                vv = vv.masked_fill(~valid[None, :, :, None], 0.0)
+            return torch.matmul(p, vv).to(v.dtype)
 
         return attend
 
