@@ -1,0 +1,311 @@
+"""One device call: correctness of the Triton kernels against the reference, then timings.
+
+    PYTHONPATH=src python benchmarks/gpu_check.py               # check + sweep + SDPA baselines
+    PYTHONPATH=src python benchmarks/gpu_check.py --no-sweep    # check + the default configs only
+
+1. Correctness (tolerance rule of docs/style.md: max|fast - ref64| <= 2 max|ref_lowprec - ref64| +
+   atol): the two target cases at N=4096 (B=1, H=8, D=64, bf16) against the float64 reference, and
+   smaller ragged cases for head dims 32/64/128, fp16, fp32 (tf32 dots), merged two-segment heads.
+2. Timings (median of triton.testing.do_bench, ms) of the target cases at N=16,384 and 65,536,
+   forward and forward+backward, for each (tile, launch config) variant in SWEEP; dense causal
+   SDPA (flash) for comparison.
+Prints a table last; writes JSON to $OUT (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from sparse_transformer import patterns as P
+from sparse_transformer.kernels import reference
+from sparse_transformer.kernels import triton_attention as TA
+
+# (case, tile, fwd (warps, stages), bwd (warps, stages)); the first entry per case is the default.
+SWEEP = [
+    ("strided", 64, (4, 3), (4, 2)),
+    ("strided", 128, (4, 3), (8, 2)),
+    ("strided", 64, (4, 2), (4, 1)),
+    ("fixed", 64, (4, 3), (4, 2)),
+    ("fixed", 128, (8, 3), (8, 2)),
+    ("fixed", 128, (4, 3), (4, 2)),
+]
+DTYPE = torch.bfloat16
+ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 2e-2}  # fp32: tf32 dots
+
+
+def case_heads(case: str, n: int, heads: int = 8):
+    if case == "strided":
+        l = 2 ** round(math.log2(math.sqrt(n)))
+        return [P.local(l)] * (heads // 2) + [P.strided(l)] * (heads // 2)
+    return [P.union(*P.factorized("fixed", 128, 32))] * heads
+
+
+def pairs(heads, n: int) -> int:
+    return sum(p.plan(n, 128).pairs() for p in heads)
+
+
+def triton_call(heads, n, block, device):
+    plans = [p.plan(n, block, device) for p in heads]
+
+    def f(q, k, v):
+        return TA.attention_multihead(q, k, v, plans)
+
+    return f
+
+
+def _grads(fn, q, k, v, g):
+    q, k, v = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
+    out = fn(q, k, v)
+    return [out.detach(), *torch.autograd.grad(out, (q, k, v), g)]
+
+
+def _ref(q, k, v, heads, g, upcast: bool):
+    def fn(q, k, v):
+        outs = [reference.attention(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], heads[h], upcast=upcast)
+                for h in range(q.shape[1])]
+        return torch.cat(outs, 1)
+
+    return _grads(fn, q, k, v, g)
+
+
+def check(name, heads, n, d, dtype, block, device=None) -> dict:
+    device = device or DEVICE
+    torch.manual_seed(hash((name, n, d)) % 2**31)
+    q, k, v = (torch.randn(1, len(heads), n, d, device=device).to(dtype) for _ in range(3))
+    g = torch.randn_like(q)
+    fast = _grads(triton_call(heads, n, block, device), q, k, v, g)
+    ref64 = _ref(q.double(), k.double(), v.double(), heads, g.double(), True)
+    low = _ref(q, k, v, heads, g, False)
+    row = {"name": name, "n": n, "d": d, "dtype": str(dtype).replace("torch.", ""), "block": block, "ok": True}
+    for label, f, r, lo in zip(("out", "dq", "dk", "dv"), fast, ref64, low):
+        err = (f.double() - r).abs().max().item()
+        base = (lo.double() - r).abs().max().item()
+        rel = ((f.double() - r).norm() / r.norm()).item()
+        ok = bool(torch.isfinite(f).all()) and err <= 2 * base + ATOL[dtype]
+        row[label] = {"err": err, "ref_lowprec_err": base, "rel": rel, "ok": ok}
+        row["ok"] &= ok
+    del q, k, v, g, fast, ref64, low
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def correctness(small: bool = False) -> list[dict]:
+    rows = []
+    cases = [
+        ("strided 4+4 l=64", case_heads("strided", 4096), 4096, 64, torch.bfloat16, 64),
+        ("strided 4+4 l=64", case_heads("strided", 4096), 4096, 64, torch.bfloat16, 128),
+        ("fixed merged", case_heads("fixed", 4096), 4096, 64, torch.bfloat16, 64),
+        ("fixed merged", case_heads("fixed", 4096), 4096, 64, torch.bfloat16, 128),
+        ("strided 2+2 l=32", case_heads("strided", 1500, 4)[:2] * 2, 1500, 32, torch.float16, 64),
+        ("fixed merged", case_heads("fixed", 1500, 2), 1500, 128, torch.bfloat16, 64),
+        ("fixed merged", case_heads("fixed", 1500, 2), 1500, 32, torch.float32, 64),
+        ("union(local, strided)", [P.union(*P.factorized("strided", 40))] * 2, 1500, 64, torch.bfloat16, 64),
+        ("summary offset 1 + dense", [P.summary(128, 32, 1), P.dense()], 1500, 64, torch.float16, 64),
+    ]
+    if small:
+        cases = [(c[0], c[1], 200, c[3], torch.float32 if c[4] == torch.bfloat16 else c[4], c[5]) for c in cases[::4]]
+    for name, heads, n, d, dtype, block in cases:
+        try:
+            row = check(name, heads, n, d, dtype, block)
+        except Exception as e:  # noqa: BLE001  (report and go on: the timings still matter)
+            traceback.print_exc()
+            row = {"name": name, "n": n, "d": d, "block": block, "ok": False, "error": repr(e)[:300]}
+        rows.append(row)
+        print("check", json.dumps(row), flush=True)
+    return rows
+
+
+DEVICE = "cuda"
+
+
+def bench(fn, backward: bool, q, k, v, g) -> float:
+    import triton.testing
+
+    if backward:
+        def run():
+            fn(q, k, v).backward(g)
+    else:
+        def run():
+            with torch.no_grad():
+                fn(q, k, v)
+    run()
+    if DEVICE != "cuda":  # dry run on the CPU (Triton interpreter): one call, wall clock
+        t0 = time.perf_counter()
+        run()
+        return (time.perf_counter() - t0) * 1e3
+    torch.cuda.synchronize()
+    return float(triton.testing.do_bench(run, warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median"))
+
+
+def peak_mb(fn, backward, q, k, v, g) -> float:
+    if DEVICE != "cuda":
+        return 0.0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    if backward:
+        fn(q, k, v).backward(g)
+    else:
+        with torch.no_grad():
+            fn(q, k, v)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def raw_and_wall(heads, n, block, fn, q, k, v, g) -> dict:
+    """Kernel-only times (no autograd: the forward launches, the backward launches) and the
+    steady-state wall time per forward+backward call (CPU launch overhead shows up here)."""
+    if DEVICE != "cuda":
+        return {}
+    import triton.testing
+
+    tabs = TA.kernel_tables([p.plan(n, block, DEVICE) for p in heads], DEVICE)
+    scale = 1 / math.sqrt(q.shape[-1])
+    qd, kd, vd = q.detach(), k.detach(), v.detach()
+    o, lse = TA._forward(qd, kd, vd, tabs, scale)
+    out = {
+        "fwd_kernels_ms": float(triton.testing.do_bench(lambda: TA._forward(qd, kd, vd, tabs, scale), return_mode="median")),
+        "bwd_kernels_ms": float(triton.testing.do_bench(lambda: TA._backward(qd, kd, vd, o, lse, g, tabs, scale), return_mode="median")),
+    }
+    for _ in range(3):
+        fn(q, k, v).backward(g)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(50):
+        fn(q, k, v).backward(g)
+    torch.cuda.synchronize()
+    out["wall_fb_ms"] = (time.perf_counter() - t0) / 50 * 1e3
+    q.grad = k.grad = v.grad = None
+    return out
+
+
+def timings(sweep, sizes) -> list[dict]:
+    import torch.nn.functional as F
+
+    rows = []
+    for n in sizes:
+        q, k, v = (torch.randn(1, 8, n, 64, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3))
+        g = torch.randn_like(q)
+        for case in ("strided", "fixed"):
+            heads = case_heads(case, n)
+            npairs = pairs(heads, n)
+            for c, block, fwd_cfg, bwd_cfg in sweep:
+                if c != case:
+                    continue
+                TA.CONFIGS[("fwd", block)] = fwd_cfg
+                TA.CONFIGS[("bwd", block)] = bwd_cfg
+                row = {"case": case, "n": n, "block": block, "fwd_cfg": fwd_cfg, "bwd_cfg": bwd_cfg, "pairs": npairs}
+                try:
+                    t0 = time.time()
+                    fn = triton_call(heads, n, block, DEVICE)
+                    row["fwd_ms"] = bench(fn, False, q, k, v, g)
+                    row["fb_ms"] = bench(fn, True, q, k, v, g)
+                    row["peak_mb_fb"] = peak_mb(fn, True, q, k, v, g)
+                    row.update(raw_and_wall(heads, n, block, fn, q, k, v, g))
+                    row["wall_s"] = time.time() - t0
+                    row["fwd_tflops"] = 4 * npairs * 64 / row["fwd_ms"] / 1e9
+                    row["fb_tflops"] = 3.5 * 4 * npairs * 64 / row["fb_ms"] / 1e9
+                except Exception as e:  # noqa: BLE001
+                    traceback.print_exc()
+                    row["error"] = repr(e)[:300]
+                rows.append(row)
+                print("time", json.dumps(row), flush=True)
+
+        def sdpa(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        row = {"case": "sdpa-flash dense causal", "n": n}
+        row["fwd_ms"] = bench(sdpa, False, q, k, v, g)
+        row["fb_ms"] = bench(sdpa, True, q, k, v, g)
+        rows.append(row)
+        print("time", json.dumps(row), flush=True)
+        del q, k, v, g
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def env() -> dict:
+    import triton
+
+    if DEVICE != "cuda":
+        return {"device": "cpu (Triton interpreter dry run)", "torch": torch.__version__,
+                "triton": triton.__version__, "commit": "", "date": ""}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=ROOT, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16384, 65536])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    ap.add_argument("--dry", action="store_true", help="CPU dry run of this script (interpreter, tiny)")
+    args = ap.parse_args()
+    if args.dry:
+        global DEVICE, DTYPE
+        DEVICE, DTYPE = "cpu", torch.float32
+    t0 = time.time()
+    info = env()
+    print(json.dumps(info), flush=True)
+    checks = [] if args.no_check else correctness(small=args.dry)
+    print(f"checks done at {time.time() - t0:.0f}s", flush=True)
+    sweep = SWEEP
+    if args.no_sweep:
+        seen, sweep = set(), []
+        for s in SWEEP:
+            if s[0] not in seen:
+                seen.add(s[0])
+                sweep.append(s)
+    times = timings(sweep, args.sizes)
+    result = {"env": info, "checks": checks, "timings": times, "wall_s": time.time() - t0}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1))
+    print()
+    print(f"{info['device']} torch {info['torch']} triton {info['triton']} commit {info['commit']}")
+    for r in checks:
+        errs = " ".join(f"{k}={r[k]['err']:.2e}/{r[k]['ref_lowprec_err']:.2e}" for k in ("out", "dq", "dk", "dv") if k in r)
+        print(f"CHECK {'PASS' if r['ok'] else 'FAIL'} {r['name']:26s} n={r['n']} d={r['d']} {r.get('dtype', '')} "
+              f"blk={r['block']} {errs or r.get('error', '')}")
+    for r in times:
+        if "error" in r:
+            print(f"TIME {r['case']:8s} n={r['n']:6d} blk={r.get('block')} ERROR {r['error'][:120]}")
+        elif "block" in r:
+            print(f"TIME {r['case']:8s} n={r['n']:6d} blk={r['block']:3d} fwd{r['fwd_cfg']} bwd{r['bwd_cfg']} "
+                  f"fwd {r['fwd_ms']:.3f} ms ({r['fwd_tflops']:.0f} TF/s)  f+b {r['fb_ms']:.3f} ms "
+                  f"({r['fb_tflops']:.0f} TF/s)  peak {r['peak_mb_fb']:.0f} MB  kernels fwd "
+                  f"{r.get('fwd_kernels_ms', 0):.3f} bwd {r.get('bwd_kernels_ms', 0):.3f} wall f+b {r.get('wall_fb_ms', 0):.3f}")
+        else:
+            print(f"TIME {r['case']:8s} n={r['n']:6d} fwd {r['fwd_ms']:.3f} ms  f+b {r['fb_ms']:.3f} ms")
+    print(f"total {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
