@@ -11,8 +11,26 @@ Each measurement runs in a fresh subprocess so that its peak resident memory (mi
 held before the call) is the call's own. Prints a table, writes JSON and a short .md under
 benchmarks/results/.
 
+CUDA mode (``--device cuda``): N = 4096, 16384, 65536, B=1, H=8, D=64, bfloat16, forward and
+forward+backward, for the same two cases (strided: 4 local + 4 strided heads, l = sqrt(N) rounded
+to a power of two; fixed: every head the merged union(block(128), summary(128, 32))) and the methods
+
+* ``triton``: our fused kernels (``sparse_attention(..., backend="triton")``, per-head plans in
+  one launch);
+* ``flex``: our block plans fed to FlexAttention (``backend="flex"``, one call per pattern group);
+* ``flex-naive``: FlexAttention given the paper's element mask as ``mask_mod`` (per head), its
+  BlockMask built by ``create_block_mask`` at 128x128 blocks: no re-layout, so no block sparsity;
+* ``sdpa``: dense causal ``scaled_dot_product_attention`` on the flash backend (does 1/density
+  times the useful work);
+* ``torch`` (N <= 16384) and ``reference`` (N = 4096): our pure-PyTorch backends.
+
+Times are medians of ``triton.testing.do_bench`` (in-process, after a warm-up that compiles);
+useful TFLOP/s count attended pairs only (4 * pairs * D forward, x3.5 forward+backward); peak
+memory is the CUDA allocator's peak during one call minus what was allocated before it.
+
     python benchmarks/attention.py                    # the whole CPU table (a few minutes)
     python benchmarks/attention.py --sizes 1024 4096  # a subset
+    PYTHONPATH=src python benchmarks/attention.py --device cuda [--methods triton sdpa] [--sizes 4096]
 """
 
 from __future__ import annotations
@@ -184,11 +202,213 @@ def summarize(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------
+# CUDA mode
+# --------------------------------------------------------------------------------------------
+
+CUDA_SIZES = [4096, 16384, 65536]
+CUDA_METHODS = ("triton", "flex", "flex-naive", "sdpa", "torch", "reference")
+CUDA_LIMITS = {"torch": 16384, "reference": 4096}  # largest N each slow method runs at
+
+
+def cuda_heads(case: str, n: int, heads: int):
+    from sparse_transformer import patterns as P
+
+    if case == "strided":
+        l = 2 ** round(math.log2(math.sqrt(n)))
+        return [P.local(l)] * (heads // 2) + [P.strided(l)] * (heads // 2), f"{heads // 2} local + {heads // 2} strided heads, l={l}"
+    return [P.union(*P.factorized("fixed", 128, 32))] * heads, "merged union(block(128), summary(128, 32)) in every head"
+
+
+def _naive_flex(heads: list, n: int):
+    """FlexAttention with the paper's element mask (per head) as mask_mod: the naive baseline."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    distinct = list(dict.fromkeys(heads))
+    group = torch.tensor([distinct.index(p) for p in heads], device="cuda")
+
+    def mask_mod(b, h, i, j):
+        if len(distinct) == 1:
+            return distinct[0].allowed(i, j)
+        m = (group[h] == 0) & distinct[0].allowed(i, j)
+        for g, p in enumerate(distinct[1:], start=1):
+            m = m | ((group[h] == g) & p.allowed(i, j))
+        return m
+
+    h = None if len(distinct) == 1 else len(heads)
+    bm = create_block_mask(mask_mod, B=None, H=h, Q_LEN=n, KV_LEN=n, device="cuda", _compile=True)
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    def call(q, k, v):
+        return flex(q, k, v, block_mask=bm)
+
+    return call, bm.sparsity()
+
+
+def _cuda_method(method: str, heads: list, n: int):
+    import torch.nn.functional as F
+
+    from sparse_transformer import sparse_attention
+
+    info = {}
+    if method in ("triton", "flex", "torch", "reference"):
+        def call(q, k, v):
+            return sparse_attention(q, k, v, heads, backend=method)
+    elif method == "flex-naive":
+        call, sparsity = _naive_flex(heads, n)
+        info["blockmask_sparsity_pct"] = float(sparsity)
+    elif method == "sdpa":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def call(q, k, v):
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(CUDA_METHODS)}")
+    return call, info
+
+
+def measure_cuda(call, q, k, v, g, backward: bool) -> dict:
+    import torch
+    import triton.testing
+
+    def run():
+        if backward:
+            call(q, k, v).backward(g)
+        else:
+            with torch.no_grad():
+                call(q, k, v)
+
+    t0 = time.perf_counter()
+    run()  # warm-up: compiles, builds and caches plans / tables
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    ms = triton.testing.do_bench(run, warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median")
+    return {"ms": float(ms), "peak_mb": peak, "first_call_s": first}
+
+
+def cuda_env_info() -> dict:
+    import torch
+    import triton
+
+    info = env_info()
+    info["device"] = torch.cuda.get_device_name()
+    info["triton"] = triton.__version__
+    info["cuda"] = torch.version.cuda
+    return info
+
+
+def run_cuda(sizes: list[int], heads: int, dim: int, methods: list[str], cases: list[str]) -> dict:
+    import torch
+
+    torch._dynamo.config.cache_size_limit = 64  # one FlexAttention compile per shape and mask
+    torch._dynamo.config.accumulated_cache_size_limit = 512
+    rows = []
+    for case in cases:
+        for n in sizes:
+            pats, desc = cuda_heads(case, n, heads)
+            npairs = pairs(pats, n, heads)
+            torch.manual_seed(0)
+            q, k, v = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                       for _ in range(3))
+            g = torch.randn_like(q)
+            for method in methods:
+                if n > CUDA_LIMITS.get(method, n):
+                    for backward in (False, True):
+                        rows.append({"case": case, "pattern": desc, "n": n, "method": method,
+                                     "pass": "fwd+bwd" if backward else "fwd", "pairs": npairs,
+                                     "skipped": f"runs up to N={CUDA_LIMITS[method]} here"})
+                    continue
+                try:
+                    call, info = _cuda_method(method, pats, n)
+                except Exception as e:  # noqa: BLE001  (a baseline failing is a result)
+                    call, info = None, {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+                for backward in (False, True):
+                    row = {"case": case, "pattern": desc, "n": n, "method": method,
+                           "pass": "fwd+bwd" if backward else "fwd", "pairs": npairs, **info}
+                    if call is not None:
+                        try:
+                            row.update(measure_cuda(call, q, k, v, g, backward))
+                            work = 4 * npairs * dim * (3.5 if backward else 1.0)
+                            row["tflops"] = work / row["ms"] / 1e9
+                            row["dense_tflops"] = 4 * (n * (n + 1) / 2) * heads * dim * (3.5 if backward else 1.0) / row["ms"] / 1e9
+                        except Exception as e:  # noqa: BLE001  (OOM and compile failures are results)
+                            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                        torch.cuda.empty_cache()
+                    rows.append(row)
+                    _print_cuda_row(row)
+            del q, k, v, g
+            torch.cuda.empty_cache()
+    return {"env": cuda_env_info(), "config": {"B": 1, "H": heads, "D": dim, "dtype": "bfloat16"}, "rows": rows}
+
+
+def _print_cuda_row(row: dict) -> None:
+    head = f"{row['case']:8s} N={row['n']:6d} {row['method']:10s} {row['pass']:7s}"
+    if "ms" in row:
+        print(f"{head} {row['ms']:9.3f} ms {row['tflops']:7.1f} TF/s  peak {row['peak_mb']:8.1f} MB", flush=True)
+    else:
+        print(f"{head} {row.get('skipped') or row.get('error')}", flush=True)
+
+
+TARGETS = {("strided", 16384): 0.25, ("strided", 65536): 0.5, ("fixed", 16384): 0.6, ("fixed", 65536): 8.0}
+
+
+def summarize_cuda(result: dict, command: str) -> str:
+    rows, env = result["rows"], result["env"]
+    key = {(r["case"], r["n"], r["method"], r["pass"]): r for r in rows}
+    methods = [m for m in CUDA_METHODS if any(r["method"] == m for r in rows)]
+    lines = [
+        f"# GPU attention benchmark ({env['date']})",
+        "",
+        (f"{env['device']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; commit "
+         f"{env['commit']}; B=1, H={result['config']['H']}, D={result['config']['D']}, bfloat16. "
+         "Median ms of triton.testing.do_bench; TF/s = useful TFLOP/s (4·pairs·D, ×3.5 fwd+bwd)."),
+        f"Command: `{command}`",
+        "",
+        "| case | N | pass | " + " | ".join(f"{m} ms" for m in methods) + " | triton TF/s | triton peak MB | target |",
+        "|---|---:|---|" + "---:|" * len(methods) + "---:|---:|---|",
+    ]
+
+    def cell(r):
+        if "ms" in r:
+            return f"{r['ms']:.3f}"
+        if "error" in r:
+            return "error"
+        return "–"
+
+    for case in ("strided", "fixed"):
+        for n in sorted({r["n"] for r in rows if r["case"] == case}):
+            for ps in ("fwd", "fwd+bwd"):
+                rs = [key.get((case, n, m, ps), {}) for m in methods]
+                t = key.get((case, n, "triton", ps), {})
+                target = TARGETS.get((case, n)) if ps == "fwd+bwd" else None
+                verdict = ""
+                if target is not None and "ms" in t:
+                    verdict = f"≤ {target} ms: {'met' if t['ms'] <= target else 'MISSED'}"
+                lines.append(
+                    f"| {case} | {n} | {ps} | " + " | ".join(cell(r) for r in rs)
+                    + f" | {t.get('tflops', 0):.0f} | {t.get('peak_mb', 0):.0f} | {verdict} |"
+                )
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        lines += ["", "Errors:"] + [f"- {r['case']} N={r['n']} {r['method']} {r['pass']}: {r['error']}" for r in errors]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
-    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--sizes", type=int, nargs="+", default=None,
+                    help="default: 1024 ... 16384 on the CPU, 4096 16384 65536 on CUDA")
+    ap.add_argument("--heads", type=int, default=None, help="default: 4 on the CPU, 8 on CUDA")
+    ap.add_argument("--methods", nargs="+", default=list(CUDA_METHODS), help="CUDA mode: which methods")
+    ap.add_argument("--cases", nargs="+", default=["strided", "fixed"], help="CUDA mode: which cases")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
@@ -198,15 +418,20 @@ def main(argv: list[str] | None = None) -> int:
         method, case, n, heads, dim, backward, repeats = args.child
         print(json.dumps(measure_one(method, case, int(n), int(heads), int(dim), bool(int(backward)), int(repeats))))
         return 0
-    if args.device == "cuda":
-        print("the CUDA mode is not in this build of the benchmark", file=sys.stderr)
-        return 2
-    result = run_cpu(args.sizes, args.heads, args.dim, args.repeats)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.date.today().isoformat()
-    out = args.out or RESULTS / f"attention-cpu-{stamp}.json"
+    if args.device == "cuda":
+        command = "PYTHONPATH=src python " + " ".join(["benchmarks/attention.py", *(argv if argv is not None else sys.argv[1:])])
+        result = run_cuda(args.sizes or CUDA_SIZES, args.heads or 8, args.dim, args.methods, args.cases)
+        result["command"] = command
+        tag = next((t.lower() for t in ("H100", "H200", "A100") if t in result["env"]["device"]), "cuda")
+        out = args.out or RESULTS / f"attention-gpu-{tag}-{stamp}.json"
+        md = summarize_cuda(result, command)
+    else:
+        result = run_cpu(args.sizes or [1024, 2048, 4096, 8192, 16384], args.heads or 4, args.dim, args.repeats)
+        out = args.out or RESULTS / f"attention-cpu-{stamp}.json"
+        md = summarize(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    md = summarize(result)
     out.with_suffix(".md").write_text(md)
     print()
     print(md)
