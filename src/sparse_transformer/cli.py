@@ -1,0 +1,461 @@
+"""The ``sparse-transformer`` command: prepare, train, eval, sample, patterns.
+
+The only module that prints. Library code logs through ``logging``; here the log records go to
+stderr (through tqdm, so they do not break progress bars), results go to stdout. User errors
+(bad flags, unknown presets or keys, missing data, damaged checkpoints) end with one line
+``error: ...`` on stderr and exit status 2, never a traceback.
+
+    sparse-transformer prepare shakespeare --data-dir data
+    sparse-transformer train --preset shakespeare --out runs/shakespeare --model.n_layer=6
+    sparse-transformer train --out runs/shakespeare --resume --train.max_steps=1200
+    sparse-transformer eval --checkpoint runs/shakespeare --split test --min-context 128 --json
+    sparse-transformer sample --checkpoint runs/shakespeare --prompt "ROMEO:" --length 400
+    sparse-transformer patterns --pattern fixed --stride 8 --c 2 --n 64 --out fixed.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["SAMPLE_OUTPUTS", "UsageError", "main"]
+
+log = logging.getLogger("sparse_transformer.cli")
+
+
+class UsageError(ValueError):
+    """A bad command line (reported in one line, exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (``error: ...``) with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# --------------------------------------------------------------------------------------------
+# Logging and output
+# --------------------------------------------------------------------------------------------
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Our loggers at INFO (DEBUG with -v, WARNING with -q and on ranks other than 0)."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    if _rank() != 0:
+        level = logging.WARNING
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("sparse_transformer")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _out(text: str = "") -> None:
+    if _rank() == 0:
+        print(text, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_options(name: str, extras: list[str]) -> dict[str, Any]:
+    """``--key=value`` / ``--key value`` / ``--flag`` options of preparer ``name``, typed by its
+    signature."""
+    from .data import PREPARERS, preparer_options
+
+    if name not in PREPARERS:
+        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(PREPARERS)}")
+    allowed = [o for o in preparer_options(name) if o not in ("force", "fetch")]
+    hints = typing.get_type_hints(PREPARERS[name])
+    opts: dict[str, Any] = {}
+    i = 0
+    while i < len(extras):
+        a = extras[i]
+        if not a.startswith("--"):
+            raise UsageError(f"unexpected argument {a!r} for prepare {name}")
+        key, eq, value = a[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in allowed:
+            raise UsageError(
+                f"unknown option --{key.replace('_', '-')} for dataset {name!r}; "
+                f"choose from {', '.join('--' + o.replace('_', '-') for o in allowed) or '(none)'}"
+            )
+        tp = hints.get(key, str)
+        args = [x for x in typing.get_args(tp) if x is not type(None)] or [tp]
+        base = args[0]
+        if not eq:
+            nxt = extras[i + 1] if i + 1 < len(extras) else None
+            if base is bool and (nxt is None or nxt.startswith("--")):
+                value = "true"
+            elif nxt is None:
+                raise UsageError(f"option --{key.replace('_', '-')} needs a value")
+            else:
+                value = nxt
+                i += 1
+        from .config import parse_value
+
+        opts[key] = parse_value(f"--{key}", value, base)
+        i += 1
+    return opts
+
+
+def cmd_prepare(args: argparse.Namespace, extras: list[str]) -> int:
+    from .data import prepare
+
+    options = _parse_options(args.name, extras)
+    # An absolute data directory: downloads run with their own working directory.
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    out = prepare(
+        args.name, data_dir, path=args.path, progress=not args.no_progress,
+        force=args.force, **options,
+    )  # fmt: skip
+    _out(str(out))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace, extras: list[str]) -> int:
+    from . import checkpoint as C
+    from .config import apply_overrides, get_preset
+    from .train import train
+
+    out = Path(args.out)
+    ckpt = C.latest_checkpoint(out) if args.resume else None
+    preset = get_preset(args.preset) if args.preset else None
+    if ckpt is not None:
+        cfg = C.load_config(ckpt)  # the run's own config; overrides below change train.* etc.
+    elif preset is not None:
+        cfg = preset
+    else:
+        raise UsageError(
+            "train needs --preset NAME"
+            + (f" ({out} holds no checkpoint to resume)" if args.resume else "")
+        )
+    overrides: list[Any] = []
+    if args.data_dir is not None:
+        overrides.append(("data.data_dir", args.data_dir))
+    if args.dataset is not None:
+        overrides.append(("data.dataset", args.dataset))
+    from .config import parse_override_args
+
+    overrides += parse_override_args(extras)
+    cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    if args.json:
+        _out(json.dumps(result))
+    else:
+        val = result["val_bpb"]
+        _out(
+            f"trained to step {result['step']}: val bits/byte "
+            f"{'-' if val is None else f'{val:.4f}'} (on {cfg.train.eval_batches or 'all'} "
+            f"val batches) in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# eval
+# --------------------------------------------------------------------------------------------
+
+
+def _load(checkpoint: str, device: str):
+    from .checkpoint import load_model
+    from .train import resolve_device
+
+    return load_model(checkpoint, device=resolve_device(device))
+
+
+def _run_config(model, data_dir: str | None):
+    from .config import apply_overrides
+
+    cfg = model.run_config
+    if data_dir is not None:
+        cfg = apply_overrides(cfg, {"data.data_dir": data_dir})
+    return cfg
+
+
+def cmd_eval(args: argparse.Namespace, extras: list[str]) -> int:
+    from .evaluate import evaluate
+    from .train import open_dataset
+
+    if extras:
+        raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
+    model = _load(args.checkpoint, args.device)
+    cfg = _run_config(model, args.data_dir)
+    ds = open_dataset(cfg, args.split)
+    r = evaluate(
+        model, ds, min_context=args.min_context, batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if args.json:
+        _out(json.dumps({"bits_per_byte": r["bits_per_byte"], "tokens": r["tokens"],
+                         "split": args.split, "min_context": args.min_context,
+                         "checkpoint": str(model.checkpoint_dir)}))  # fmt: skip
+    else:
+        _out(
+            f"{args.split} bits/byte {r['bits_per_byte']:.4f} over {r['tokens']:,} bytes "
+            f"(ctx {r['ctx']}, min context {r['min_context']}) [{model.checkpoint_dir}]"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# sample
+# --------------------------------------------------------------------------------------------
+
+
+def _text_output(samples: list[bytes], out_dir: Path | None, meta: dict[str, Any]) -> list[Path]:
+    """Text: print each sample; with --out also write sample-K.txt."""
+    paths = []
+    for k, s in enumerate(samples):
+        if len(samples) > 1:
+            _out(f"--- sample {k} ---")
+        _out(s.decode("utf-8", errors="replace"))
+        if out_dir is not None:
+            from .checkpoint import atomic_write
+
+            out_dir.mkdir(parents=True, exist_ok=True)
+            paths.append(atomic_write(out_dir / f"sample-{k}.txt", s, fsync=False))
+    return paths
+
+
+#: Data kind -> ``fn(samples: list[bytes], out_dir: Path | None, meta: dict) -> written paths``.
+#: Each sample holds the prompt and the generated bytes. The images/audio work registers
+#: "image" and "audio" writers (PNG grid, WAV) here.
+SAMPLE_OUTPUTS: dict[str, Callable[[list[bytes], Path | None, dict[str, Any]], list[Path]]] = {
+    "text": _text_output,
+}
+
+
+def _dataset_meta(cfg) -> dict[str, Any]:
+    from .data import load_meta
+    from .train import dataset_dir
+
+    try:
+        return load_meta(dataset_dir(cfg))
+    except (ValueError, OSError):
+        return {"kind": "text", "name": cfg.data.dataset}
+
+
+def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
+    import torch
+
+    from .sample import generate
+
+    if extras:
+        raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
+    model = _load(args.checkpoint, args.device)
+    cfg = _run_config(model, args.data_dir)
+    meta = _dataset_meta(cfg)
+    kind = meta.get("kind", "text")
+    writer = SAMPLE_OUTPUTS.get(kind, _text_output)
+    if kind == "image":
+        from .data import IMAGE_START_BYTE
+
+        prompt = bytes([IMAGE_START_BYTE])
+    else:
+        text = cfg.sample.prompt if args.prompt is None else args.prompt
+        prompt = text.encode("utf-8") or b"\n"
+    length = cfg.sample.length if args.length is None else args.length
+    num = cfg.sample.num if args.num is None else args.num
+    temperature = cfg.sample.temperature if args.temperature is None else args.temperature
+    seed = cfg.sample.seed if args.seed is None else args.seed
+    if num < 1:
+        raise UsageError(f"--num must be >= 1, got {num}")
+    device = next(model.parameters()).device
+    idx = torch.tensor(list(prompt), dtype=torch.long, device=device)[None].repeat(num, 1)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    stats: dict[str, Any] = {}
+    logging.getLogger("sparse_transformer.sample").setLevel(logging.WARNING)  # we print the rate
+    out = generate(
+        model, idx, length, temperature=temperature, generator=gen,
+        progress=not args.no_progress, stats=stats,
+    )  # fmt: skip
+    samples = [bytes(row.tolist()) for row in out.cpu()]
+    if kind == "image":
+        samples = [s[1:] for s in samples]  # drop the start byte
+    paths = writer(samples, Path(args.out) if args.out else None, meta)
+    for p in paths:
+        print(f"wrote {p}", file=sys.stderr)
+    print(
+        f"sampled {num} x {length} bytes in {stats.get('seconds', 0):.2f} s: "
+        f"{stats.get('tokens_per_s', 0):.1f} tokens/s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# patterns
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_patterns(args: argparse.Namespace, extras: list[str]) -> int:
+    from .plots import pattern_figure
+
+    if extras:
+        raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
+    path = pattern_figure(
+        args.pattern, args.stride, args.c, args.n, Path(args.out), query=args.query,
+        mode=args.mode,
+    )  # fmt: skip
+    _out(str(path))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The parser
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="sparse-transformer",
+        description="OpenAI's Sparse Transformer (Child et al., 2019) for long byte sequences.",
+        allow_abbrev=False,
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    from .data import PREPARERS
+
+    sp = sub.add_parser(
+        "prepare", help="download/convert a dataset into byte splits", allow_abbrev=False,
+        description="Prepare a dataset. Datasets: " + ", ".join(PREPARERS) + ". Extra options "
+        "of a dataset go as --key=value (e.g. --out-name NAME, --size 32).",
+    )  # fmt: skip
+    sp.add_argument("name", help="dataset name")
+    sp.add_argument("--path", default=None, help="local source file or folder")
+    sp.add_argument("--data-dir", default="data", help="where datasets live (default: data)")
+    sp.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    common(sp)
+    sp.set_defaults(func=cmd_prepare)
+
+    from .config import PRESETS
+
+    sp = sub.add_parser(
+        "train", help="train a model", allow_abbrev=False,
+        description="Train. Presets: " + ", ".join(PRESETS) + ". Override any config key with "
+        "--section.key=value (e.g. --model.n_layer=8 --train.lr=3e-4).",
+    )  # fmt: skip
+    sp.add_argument("--preset", default=None, help="named configuration")
+    sp.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
+    sp.add_argument("--data-dir", default=None, help="where datasets live (data.data_dir)")
+    sp.add_argument("--dataset", default=None, help="prepared dataset name (data.dataset)")
+    sp.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    sp.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    common(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("eval", help="bits per byte on a split", allow_abbrev=False)
+    sp.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    sp.add_argument("--split", default="val", choices=["val", "test", "train"])
+    sp.add_argument("--min-context", type=int, default=0, help="score only tokens with >= M "
+                    "context; windows advance by ctx - M (paper Table 3)")  # fmt: skip
+    sp.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    sp.add_argument("--data-dir", default=None, help="where datasets live (default: the run's)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    common(sp)
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("sample", help="generate bytes from a model", allow_abbrev=False)
+    sp.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    sp.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
+    sp.add_argument("--length", type=int, default=None, help="new bytes per sample")
+    sp.add_argument("--temperature", type=float, default=None)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--num", type=int, default=None, help="samples drawn in parallel")
+    sp.add_argument("--out", default=None, help="also write the samples into this folder")
+    sp.add_argument("--data-dir", default=None, help="where datasets live (default: the run's)")
+    sp.add_argument("--device", default="auto")
+    common(sp)
+    sp.set_defaults(func=cmd_sample)
+
+    sp = sub.add_parser("patterns", help="draw an attention pattern (paper Fig. 3)",
+                        allow_abbrev=False)  # fmt: skip
+    sp.add_argument("--pattern", required=True, help="dense | local | strided | fixed")
+    sp.add_argument("--stride", type=int, required=True, help="l")
+    sp.add_argument("--c", type=int, default=None, help="fixed: summary width")
+    sp.add_argument("--n", type=int, required=True, help="sequence length drawn")
+    sp.add_argument("--out", required=True, help="image file (.png/.svg/.pdf)")
+    sp.add_argument("--query", type=int, default=None, help="query position to highlight")
+    sp.add_argument("--mode", default="merged", choices=["merged", "interleaved", "multihead"])
+    sp.set_defaults(func=cmd_patterns)
+    return p
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    return (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sparse-transformer`` and ``python -m sparse_transformer``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        args, extras = parser.parse_known_args(argv)
+        setup_logging(-1 if args.quiet else args.verbose)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.func(args, extras) or 0)
+    except _user_errors() as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # a diverged run (non-finite loss)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from .data import FetchError
+
+        if isinstance(e, FetchError):
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
