@@ -289,7 +289,8 @@ def test_cuda_backends_match_reference(mode, backend):
     y = x.clone()
     y[:, 150] = (y[:, 150] + 1) % 256
     with torch.no_grad():
-        assert torch.equal(m(y)[:, :150], m(x)[:, :150])
+        both = m(torch.cat([x, y]))  # one call: the same compiled kernel sees both
+        assert torch.equal(both[:2, :150], both[2:, :150])
         with torch.autocast("cuda", dtype=torch.bfloat16):
             lo = m(x).float()
     assert (lo - want).abs().max().item() < 0.1 * want.abs().max().item()
