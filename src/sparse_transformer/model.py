@@ -41,9 +41,7 @@ class ModelConfig:
     stride: int = 32  # l
     c: int = 8  # fixed pattern summary width
     mode: str = "merged"  # interleaved | merged | multihead
-    layers: str = (
-        ""  # interleaved only: explicit per-layer components, e.g. "local,local,local,strided"
-    )
+    layers: str = ""  # interleaved only: per-layer components, e.g. "local,local,local,strided"
     head_offsets: bool = True  # fixed: head h reads summary sub-block h mod (stride // c)
     half_size: bool = False  # feed-forward 2d instead of 4d, and q/k of half width
     dropout: float = 0.0  # at the end of each residual branch
@@ -187,16 +185,10 @@ class SparseTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d, eps=1e-6)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)  # W_out (paper eq. 11: no bias)
         self.init_weights()
-        log.info(
+        log.debug(
             "SparseTransformer: %d layers, %d heads, d %d, ctx %d, %s/%s, %.2fM parameters",
-            cfg.n_layer,
-            cfg.n_head,
-            d,
-            cfg.ctx,
-            cfg.pattern,
-            cfg.mode,
-            self.num_params() / 1e6,
-        )
+            cfg.n_layer, cfg.n_head, d, cfg.ctx, cfg.pattern, cfg.mode, self.num_params() / 1e6,
+        )  # fmt: skip
 
     @torch.no_grad()
     def init_weights(self) -> None:
