@@ -144,3 +144,15 @@ def test_random_patterns_and_shapes(kind, size, n, h, d, data):
     p = draw_pattern(data, kind, size, h)
     q, k, v = qkv(1, h, n, d, torch.float64, seed=n)
     assert_close_to_reference(q, k, v, p, "torch")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_torch_backend_under_autocast(dtype):
+    """The kernel manages its own precision: autocast around it changes nothing."""
+    q, k, v = (x.requires_grad_(True) for x in qkv(1, 2, 70, 16, dtype))
+    p = P.union(*P.factorized("fixed", 16, 4))
+    plain = sparse_attention(q, k, v, p, backend="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = sparse_attention(q, k, v, p, backend="torch")
+    auto.sum().backward()
+    assert torch.equal(plain, auto) and q.grad is not None

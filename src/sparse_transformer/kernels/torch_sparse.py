@@ -123,7 +123,8 @@ def _merge(parts):
 class _SparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, plan: BlockPlan, scale: float):
-        parts = [_segment_forward(q, k, v, seg, scale) for seg in plan.segments]
+        with torch.autocast(q.device.type, enabled=False):  # the kernel manages its precision
+            parts = [_segment_forward(q, k, v, seg, scale) for seg in plan.segments]
         out, lse = _merge(parts)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan, ctx.scale = plan, scale
@@ -131,6 +132,11 @@ class _SparseAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlse_unused):
+        with torch.autocast(dout.device.type, enabled=False):
+            return _SparseAttention._backward(ctx, dout)
+
+    @staticmethod
+    def _backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
         bsz, h, n, d = q.shape
