@@ -304,7 +304,9 @@ def cuda_env_info() -> dict:
     return info
 
 
-def run_cuda(sizes: list[int], heads: int, dim: int, methods: list[str], cases: list[str]) -> dict:
+def run_cuda(sizes: list[int], heads: int, dim: int, methods: list[str], cases: list[str],
+             partial: Path | None = None) -> dict:
+    """All rows; with ``partial`` the rows so far are rewritten there after each one."""
     import torch
 
     torch._dynamo.config.cache_size_limit = 64  # one FlexAttention compile per shape and mask
@@ -343,6 +345,8 @@ def run_cuda(sizes: list[int], heads: int, dim: int, methods: list[str], cases: 
                         torch.cuda.empty_cache()
                     rows.append(row)
                     _print_cuda_row(row)
+                    if partial is not None:
+                        partial.write_text(json.dumps({"rows": rows}, indent=1))
             del q, k, v, g
             torch.cuda.empty_cache()
     return {"env": cuda_env_info(), "config": {"B": 1, "H": heads, "D": dim, "dtype": "bfloat16"}, "rows": rows}
@@ -421,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.date.today().isoformat()
     if args.device == "cuda":
         command = "PYTHONPATH=src python " + " ".join(["benchmarks/attention.py", *(argv if argv is not None else sys.argv[1:])])
-        result = run_cuda(args.sizes or CUDA_SIZES, args.heads or 8, args.dim, args.methods, args.cases)
+        partial = (args.out or RESULTS / "attention-gpu-partial.json").with_suffix(".partial.json")
+        result = run_cuda(args.sizes or CUDA_SIZES, args.heads or 8, args.dim, args.methods, args.cases, partial)
         result["command"] = command
         tag = next((t.lower() for t in ("H100", "H200", "A100") if t in result["env"]["device"]), "cuda")
         out = args.out or RESULTS / f"attention-gpu-{tag}-{stamp}.json"

@@ -35,9 +35,9 @@ from sparse_transformer.kernels import triton_attention as TA
 
 # (case, tile, fwd (warps, stages), bwd (warps, stages)); the first entry per case is the default.
 SWEEP = [
+    ("strided", 64, (4, 2), (4, 1)),
     ("strided", 64, (4, 3), (4, 2)),
     ("strided", 128, (4, 3), (8, 2)),
-    ("strided", 64, (4, 2), (4, 1)),
     ("fixed", 64, (4, 3), (4, 2)),
     ("fixed", 128, (8, 3), (8, 2)),
     ("fixed", 128, (4, 3), (4, 2)),
@@ -125,8 +125,8 @@ def _warm(job) -> float:
         _name, heads, n, d, dtype, block = check_cases()[idx]
     else:
         case, block, fwd_cfg, bwd_cfg = cfg
-        TA.CONFIGS[("fwd", block)] = fwd_cfg
-        TA.CONFIGS[("bwd", block)] = bwd_cfg
+        TA.CONFIGS[("fwd", block)] = (fwd_cfg[0], fwd_cfg[1], fwd_cfg[1])
+        TA.CONFIGS[("bwd", block)] = (bwd_cfg[0], bwd_cfg[1], bwd_cfg[1])
         n, d, dtype = 1024, 64, torch.bfloat16
         heads = case_heads(case, idx)
     q, k, v = (torch.randn(1, len(heads), n, d, device="cuda").to(dtype).requires_grad_(True) for _ in range(3))
@@ -243,8 +243,8 @@ def timings(sweep, sizes) -> list[dict]:
             for c, block, fwd_cfg, bwd_cfg in sweep:
                 if c != case:
                     continue
-                TA.CONFIGS[("fwd", block)] = fwd_cfg
-                TA.CONFIGS[("bwd", block)] = bwd_cfg
+                TA.CONFIGS[("fwd", block)] = (fwd_cfg[0], fwd_cfg[1], fwd_cfg[1])
+                TA.CONFIGS[("bwd", block)] = (bwd_cfg[0], bwd_cfg[1], bwd_cfg[1])
                 row = {"case": case, "n": n, "block": block, "fwd_cfg": fwd_cfg, "bwd_cfg": bwd_cfg, "pairs": npairs}
                 try:
                     t0 = time.time()
@@ -274,6 +274,39 @@ def timings(sweep, sizes) -> list[dict]:
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def diagnostics() -> dict:
+    """Where the time goes at N=4096 (small work): GPU kernel times (profiler) and CPU time per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for case in ("strided", "fixed"):
+        heads = case_heads(case, 4096)
+        fn = triton_call(heads, 4096, 64, "cuda")
+        q, k, v = (torch.randn(1, 8, 4096, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        g = torch.randn_like(q)
+        for _ in range(3):
+            fn(q, k, v).backward(g)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            fn(q, k, v).backward(g)
+        cpu_ms = (time.perf_counter() - t0) / 20 * 1e3  # enqueue time (GPU runs behind)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                fn(q, k, v).backward(g)
+            torch.cuda.synchronize()
+        kernels = {}
+        for ev in prof.key_averages():
+            if ev.device_type.name == "CUDA" or getattr(ev, "self_device_time_total", 0):
+                t = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+                if t:
+                    kernels[ev.key[:60]] = round(t / 5, 1)  # us per call
+        out[case] = {"cpu_enqueue_ms_per_fb": cpu_ms, "gpu_us_per_fb": kernels}
+        print("diag", case, json.dumps(out[case]), flush=True)
+    return out
 
 
 def env() -> dict:
@@ -325,8 +358,14 @@ def main() -> int:
             traceback.print_exc()
     checks = [] if args.no_check else correctness(small=args.dry)
     print(f"checks done at {time.time() - t0:.0f}s", flush=True)
-    times = timings(sweep, args.sizes)
-    result = {"env": info, "checks": checks, "timings": times, "wall_s": time.time() - t0}
+    diag = {}
+    if not args.dry:
+        try:
+            diag = diagnostics()
+        except Exception:  # noqa: BLE001  (diagnostics only)
+            traceback.print_exc()
+    times = timings(sweep, args.sizes) if args.sizes != [0] else []
+    result = {"env": info, "checks": checks, "diagnostics": diag, "timings": times, "wall_s": time.time() - t0}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1))
     print()

@@ -22,6 +22,11 @@ import torch
 from ..patterns import DENSE, LOCAL, STRIDED, SUMMARY, BlockPlan, Segment
 
 _compiled = None
+# Used after the autotuned defaults fail to compile (seen on the H100 with torch 2.11: every default
+# forward config asked for more shared memory than the SM has with these BlockMasks).
+SMALL_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2, "num_warps": 4,
+               "bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32}
+_options: dict = {"kernel_options": None}  # what worked last; set on the first failure
 
 
 def available(device: torch.device | str) -> bool:
@@ -134,6 +139,17 @@ def _masks(plan: BlockPlan, device) -> tuple[_SegmentMask, ...]:
     return cache[key]
 
 
+def _call(flex, q, k, v, block_mask, scale):
+    opts = _options["kernel_options"]
+    try:
+        return flex(q, k, v, block_mask=block_mask, scale=scale, return_lse=True, kernel_options=opts)
+    except Exception as e:
+        if opts is not None or "out of resource" not in str(e):
+            raise
+        _options["kernel_options"] = dict(SMALL_TILES)
+        return flex(q, k, v, block_mask=block_mask, scale=scale, return_lse=True, kernel_options=SMALL_TILES)
+
+
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float | None = None
 ) -> torch.Tensor:
@@ -154,7 +170,7 @@ def attention(
         qs = q.index_select(2, sm.q_index)
         ks = k.index_select(2, sm.k_index)
         vs = v.index_select(2, sm.k_index)
-        o, lse = flex(qs, ks, vs, block_mask=sm.block_mask, scale=scale, return_lse=True)
+        o, lse = _call(flex, qs, ks, vs, sm.block_mask, scale)
         parts.append((o.index_select(2, sm.inverse), lse.index_select(2, sm.inverse)))
     if len(parts) == 1:
         return parts[0][0]

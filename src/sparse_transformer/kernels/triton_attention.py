@@ -50,18 +50,24 @@ __all__ = ["CONFIGS", "attention", "attention_multihead", "available"]
 LOG2E = 1.4426950408889634
 FULL, CAUSAL = -1, -2  # visit mask codes besides predicate ids >= 0
 
-# Launch configurations: (num_warps, num_stages) per kernel and tile size. Overridable (the GPU
-# benchmark sweeps them); measured on the H100, see docs/kernels.md.
-CONFIGS: dict[tuple[str, int], tuple[int, int]] = {
-    ("fwd", 16): (2, 2),
-    ("fwd", 32): (4, 2),
-    ("fwd", 64): (4, 3),
-    ("fwd", 128): (8, 3),
-    ("bwd", 16): (2, 2),
-    ("bwd", 32): (4, 2),
-    ("bwd", 64): (4, 2),
-    ("bwd", 128): (8, 2),
+# Launch configurations per kernel and tile size: (num_warps, num_stages for long visit lists,
+# num_stages for short ones). Deep pipelines pay off only when a program walks many tiles (the fixed
+# pattern's summary columns); for the local/strided band (1-5 tiles per query tile) the prologue
+# costs more than it hides. Measured on the H100 (docs/kernels.md); overridable.
+CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
+    ("fwd", 16): (2, 2, 2),
+    ("fwd", 32): (4, 2, 2),
+    ("fwd", 64): (4, 3, 2),
+    ("fwd", 128): (8, 3, 2),
+    ("bwd", 16): (2, 2, 1),
+    ("bwd", 32): (4, 2, 1),
+    ("bwd", 64): (4, 2, 1),
+    ("bwd", 128): (8, 2, 1),
 }
+LONG_WALK = 8  # mean visits per query tile from which a plan list counts as "long"
+
+
+_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 8.0 (asked once)
 
 
 def available(device: torch.device | str) -> bool:
@@ -75,7 +81,12 @@ def available(device: torch.device | str) -> bool:
         return False
     if os.environ.get("TRITON_INTERPRET") == "1":
         return device.type in ("cpu", "cuda")
-    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABLE:
+        _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 8
+    return _CAPABLE[index]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +260,7 @@ class KernelTables:
     n_qslots: int
     n_kslots: int
     zero_dkv: bool
+    long_walk: bool  # mean visits per query tile >= LONG_WALK: deeper software pipelines
 
 
 def _combine(plans: list[BlockPlan], device) -> KernelTables:
@@ -336,6 +348,7 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
         q_round_items=tuple(dev(torch.tensor(qr[i])) for i in sorted(qr)),
         k_round_items=tuple(dev(torch.tensor(kr[i])) for i in sorted(kr)),
         n_qslots=qs_off, n_kslots=ks_off, zero_dkv=any(pt.zero_dkv for pt in parts),
+        long_walk=bool(fwd_items.shape[0]) and float(fwork[fwd_items[:, 1]].float().mean()) >= LONG_WALK,
     )
 
 
@@ -378,8 +391,10 @@ def _kernels():
     return _K
 
 
-def _config(kind: str, block: int) -> tuple[int, int]:
-    return CONFIGS.get((kind, block), (4, 2))
+def _config(kind: str, tabs: KernelTables) -> tuple[int, int]:
+    """(num_warps, num_stages) for a kernel over these tables."""
+    warps, long_stages, short_stages = CONFIGS.get((kind, tabs.block), (4, 2, 1))
+    return warps, long_stages if tabs.long_walk else short_stages
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
@@ -403,7 +418,7 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
         lse_s = torch.empty(bsz, h, rows, device=q.device, dtype=torch.float32)
     else:
         o_s, lse_s = o, lse  # never written (no slot tiles)
-    warps, stages = _config("fwd", blk)
+    warps, stages = _config("fwd", tabs)
     grid = (tabs.fwd_items.shape[0], bsz)
     kern.fwd_kernel[grid](
         q, k, v, o, lse, o_s, lse_s,
@@ -443,7 +458,7 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         dv_s = torch.empty(bsz, h, krows, dv, device=q.device, dtype=torch.float32)
     else:
         dk_s, dv_s = dk, dvv
-    warps, stages = _config("bwd", blk)
+    warps, stages = _config("bwd", tabs)
     grid = (tabs.bwd_items.shape[0], bsz)
     kern.bwd_kernel[grid](
         q, k, v, do, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
