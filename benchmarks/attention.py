@@ -122,7 +122,7 @@ def env_info() -> dict:
     import torch
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip() or os.environ.get("GIT_COMMIT", "")
     except OSError:
         commit = ""
     cpu = platform.processor() or platform.machine()

@@ -317,7 +317,7 @@ def env() -> dict:
                 "triton": triton.__version__, "commit": "", "date": ""}
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=ROOT, check=False).stdout.strip()
+                                cwd=ROOT, check=False).stdout.strip() or os.environ.get("GIT_COMMIT", "")
     except OSError:
         commit = ""
     return {

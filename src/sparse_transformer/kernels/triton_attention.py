@@ -1,13 +1,16 @@
 """Fused block-sparse attention in Triton, forward and backward, driven by block plans.
 
 One kernel family serves every pattern: the plan is data (tile position tables, a visit list per
-tile, element predicates), not code. Layout after Triton's ``06-fused-attention`` tutorial:
+tile, element predicates), not code. Layout after Triton's ``06-fused-attention`` tutorial, split in
+two files so that importing this module does not import Triton:
 
-1. plan -> kernel tables (:class:`KernelTables`, cached on the plans),
-2. ``@triton.jit`` helpers (tile rows, element predicates, the online-softmax step),
-3. the kernels: forward, the log-sum-exp merge of segments, the backward pre-pass (delta), the fused
+1. here: plan -> kernel tables (:class:`KernelTables`, cached on the plans) and launch configs,
+2. :mod:`.triton_kernels`: the ``@triton.jit`` helpers (tile rows, element predicates) and the
+   kernels: forward, the log-sum-exp merge of segments, the backward pre-pass (delta), the fused
    backward (dK/dV programs and dQ programs in one launch), the slot reduction,
-4. the ``torch.autograd.Function`` and the public wrappers.
+3. here: the ``torch.autograd.Function`` and the public wrappers.
+
+Design notes and H100 measurements: ``docs/kernels.md``.
 
 How a plan becomes work
 -----------------------
