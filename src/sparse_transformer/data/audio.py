@@ -36,10 +36,10 @@ from .sources import Fetch, apt_download, read_deb_files
 from .store import (
     SPLITS,
     SplitWriter,
+    already_prepared,
     begin_dataset,
     file_params,
     finish_dataset,
-    is_up_to_date,
     pick_split_items,
     require_path,
     split_sizes,
@@ -293,8 +293,7 @@ def prepare_audio(
     name = out_name or "audio"
     out_dir = Path(data_dir) / name
     params = {**_folder_params(root, files), "sample_rate": sample_rate, "normalize": normalize}
-    if not force and is_up_to_date(out_dir, name, params):
-        logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     return write_audio_dataset(
         out_dir, [(p.relative_to(root).as_posix(), p) for p in files], name=name,
@@ -325,8 +324,7 @@ def prepare_moh_music(
     }  # fmt: skip
     if path is not None:
         params["file"] = file_params(require_path(path, "moh-music", "FILE.deb or DIR"))
-    if not force and is_up_to_date(out_dir, name, params):
-        logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     files: list[tuple[str, Path | bytes]]
     if path is not None and Path(path).is_dir():

@@ -52,10 +52,10 @@ from .sources import Fetch, apt_download, read_deb_files
 from .store import (
     SPLITS,
     SplitWriter,
+    already_prepared,
     begin_dataset,
     file_params,
     finish_dataset,
-    is_up_to_date,
     pick_split_items,
     require_path,
 )
@@ -183,13 +183,6 @@ def _fingerprint(root: Path, files: list[Path]) -> dict[str, Any]:
     return {"path": str(root.resolve()), "files": len(files), "fingerprint": h.hexdigest()}
 
 
-def _skip(out_dir: Path, name: str, params: dict[str, Any], force: bool) -> bool:
-    if not force and is_up_to_date(out_dir, name, params):
-        logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
-        return True
-    return False
-
-
 # --------------------------------------------------------------------------------------------
 # MNIST / Fashion-MNIST
 # --------------------------------------------------------------------------------------------
@@ -250,7 +243,7 @@ def prepare_mnist(
         _find_idx(folder, "t10k-images-idx3-ubyte"),
     ]
     params = _fingerprint(folder, files)
-    if _skip(out_dir, name, params, force):
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     train, test = (_idx_images(f, str(f)) for f in files)
     return _write_mnist_like(
@@ -275,7 +268,7 @@ def prepare_fashion_mnist(
     params: dict[str, Any] = {"package": FASHION_PACKAGE}
     if path is not None:
         params["file"] = file_params(require_path(path, "fashion-mnist", "FILE.deb or DIR"))
-    if _skip(out_dir, name, params, force):
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     licence = "MIT (Zalando Research, Fashion-MNIST)"
     if path is not None and Path(path).is_dir():
@@ -367,7 +360,7 @@ def prepare_cifar10(
     name = out_name or "cifar10"
     out_dir = Path(data_dir) / name
     params = file_params(src)
-    if _skip(out_dir, name, params, force):
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     members = _cifar_members(src)
     batches = [
@@ -447,7 +440,7 @@ def prepare_imagenet64(
     name = out_name or "imagenet64"
     out_dir = Path(data_dir) / name
     params = _fingerprint(folder, [*train_files, val_files[0]])
-    if _skip(out_dir, name, params, force):
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     val_rows = _load_npz_rows(val_files[0])
     val = hwc_from_planar(val_rows)
@@ -531,7 +524,7 @@ def prepare_images(
     name = out_name or "images"
     out_dir = Path(data_dir) / name
     params = {**_fingerprint(folder, files), "size": size, "channels": channels, "crop": crop}
-    if _skip(out_dir, name, params, force):
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     assignment = pick_split_items(len(files))
 

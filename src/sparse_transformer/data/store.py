@@ -61,6 +61,7 @@ __all__ = [
     "SPLITS",
     "ByteDataset",
     "SplitWriter",
+    "already_prepared",
     "atomic_write_bytes",
     "begin_dataset",
     "finish_dataset",
@@ -176,6 +177,14 @@ def load_meta(dataset_dir: str | Path) -> dict[str, Any]:
     if meta.get("kind") not in KINDS:
         raise ValueError(f"{path}: kind {meta.get('kind')!r} is not one of {', '.join(KINDS)}")
     return meta
+
+
+def already_prepared(out_dir: str | Path, name: str, params: Mapping[str, Any], force: bool) -> bool:
+    """True (and logged) when a preparer can skip its work: not forced and up to date."""
+    if not force and is_up_to_date(out_dir, name, params):
+        logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
+        return True
+    return False
 
 
 def is_up_to_date(out_dir: str | Path, name: str, params: Mapping[str, Any]) -> bool:

