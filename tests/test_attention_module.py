@@ -4,24 +4,14 @@ import math
 
 import pytest
 import torch
+from model_cases import small_config
 
 from sparse_transformer import patterns as P
 from sparse_transformer.attention import SparseSelfAttention, layer_patterns
-from sparse_transformer.model import ModelConfig
 
 
 def cfg(**kw):
-    base = {
-        "ctx": 64,
-        "n_layer": 4,
-        "n_head": 4,
-        "d_model": 32,
-        "stride": 8,
-        "c": 2,
-        "backend": "torch",
-    }
-    base.update(kw)
-    return ModelConfig(**base)
+    return small_config(**{"n_layer": 4, **kw})
 
 
 def test_interleaved_cycles_components():

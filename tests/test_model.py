@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from model_cases import small_config
 
 from sparse_transformer.model import ModelConfig, SparseTransformer
 from sparse_transformer.precision import apply_recompute
@@ -14,17 +15,7 @@ PATTERNS = ["dense", "strided", "fixed"]
 
 
 def small(**kw):
-    base = {
-        "ctx": 64,
-        "n_layer": 2,
-        "n_head": 4,
-        "d_model": 32,
-        "stride": 8,
-        "c": 2,
-        "backend": "torch",
-    }
-    base.update(kw)
-    return ModelConfig(**base)
+    return small_config(**kw)
 
 
 def randomized(cfg, seed=0):

@@ -4,24 +4,15 @@ import logging
 
 import pytest
 import torch
+from model_cases import small_config
 
-from sparse_transformer.model import ModelConfig, SparseTransformer
+from sparse_transformer.model import SparseTransformer
 from sparse_transformer.sample import KVCache, generate, incremental_logits, prefill, step
 
 
 def model(seed=0, **kw):
-    base = {
-        "ctx": 64,
-        "n_layer": 2,
-        "n_head": 4,
-        "d_model": 32,
-        "stride": 8,
-        "c": 2,
-        "backend": "torch",
-    }
-    base.update(kw)
     torch.manual_seed(seed)
-    m = SparseTransformer(ModelConfig(**base)).eval()
+    m = SparseTransformer(small_config(**kw)).eval()
     with torch.no_grad():  # non-trivial logits
         m.lm_head.weight.normal_(0, 0.5)
         for b in m.blocks:
