@@ -245,6 +245,134 @@ register_preset(
     ),
 )  # fmt: skip
 
+# --- audio presets (issue 5: long sequences) ---------------------------------------------------
+# The paper's raw-audio models (spec section 8.2, Table 4): strided, 152M / 25M / 3M parameters at
+# 65,536 / 262,144 / 1,048,576 steps, each the largest that fit one 16 GB V100. The paper states
+# only the parameter counts; our choices where it is silent:
+# * layers/heads/width: audio-65k copies the ImageNet 152M model (48 L, 16 H, d 512: 151.8M);
+#   audio-262k 32 L, 8 H, d 256 (25.7M); audio-1m 14 L, 4 H, d 128 (3.1M). Every head is 32 wide.
+# * stride l = sqrt(ctx) (256 / 512 / 1024), the paper's "close to sqrt(n)"; positions are
+#   factorized as (ctx / l, l). Heads split half local, half strided ("multihead").
+# * bf16 autocast and recomputation of every residual block (the paper's fp16 + recompute);
+#   one sequence per micro-batch (a rank accumulates the rest of its share of the batch).
+# * global batch 8, 2000 updates with 200 warm-up, lr 1.5e-4 for the 152M model (the authors'
+#   ImageNet 150M rate), 3.5e-4 / 5e-4 for the smaller ones; residual dropout 0.01 for the 152M
+#   model (the paper's ImageNet value), none for the others. The data is music-on-hold
+#   (``moh-music``, 8 kHz, 6M training bytes), far less than the paper's: expect over-fitting;
+#   audio-1m needs splits of at least 1,048,577 bytes (moh-music's val split has 584,771 at 8 kHz:
+#   prepare it with ``--sample-rate 16000`` or train on your own ``audio --path`` data).
+_AUDIO = {  # name: (ctx, layers, heads, d, lr, dropout, eval batches)
+    "audio-65k": (65_536, 48, 16, 512, 1.5e-4, 0.01, 4),
+    "audio-262k": (262_144, 32, 8, 256, 3.5e-4, 0.0, 2),
+    "audio-1m": (1_048_576, 14, 4, 128, 5e-4, 0.0, 1),
+}
+for _name, (_ctx, _layers, _heads, _d, _lr, _drop, _evals) in _AUDIO.items():
+    register_preset(
+        _name,
+        Config(
+            model=ModelConfig(
+                ctx=_ctx, n_layer=_layers, n_head=_heads, d_model=_d, pattern="strided",
+                stride=math.isqrt(_ctx), mode="multihead", dropout=_drop,
+            ),
+            data=DataConfig(dataset="moh-music"),
+            train=TrainConfig(
+                max_steps=2000, batch_size=8, micro_batch_size=1, lr=_lr, warmup=200,
+                eval_interval=200, eval_batches=_evals, log_interval=10, ckpt_interval=200,
+                keep_last=2, precision="bf16", recompute=True,
+            ),
+            sample=SampleConfig(length=_ctx // 16, temperature=1.0),
+        ),
+    )  # fmt: skip
+# --- end of audio presets ------------------------------------------------------------------------
+
+
+# --- image presets (issue 6) ----------------------------------------------------------------
+# Images are bytes in raster order, channels of a pixel adjacent; each record is preceded by the
+# start byte 0, so ctx = H * W * C and position embeddings are per (row, column, channel).
+
+# CPU in minutes (2 cores): a 0.9M-parameter strided model whose heads split between the local
+# row (l = 28 = one image row) and the column above. docs/images.md gives its figures.
+register_preset(
+    "fashion-mnist",
+    Config(
+        model=ModelConfig(
+            ctx=784, n_layer=4, n_head=4, d_model=128, pattern="strided", stride=28,
+            mode="multihead", data_shape=(28, 28, 1), backend="torch",
+        ),
+        data=DataConfig(dataset="fashion-mnist"),
+        train=TrainConfig(
+            max_steps=200, batch_size=8, lr=2e-3, warmup=20, eval_interval=50, eval_batches=8,
+            log_interval=10, ckpt_interval=50, keep_last=2,
+        ),
+        sample=SampleConfig(num=16, temperature=1.0),
+    ),
+)  # fmt: skip
+
+# The paper's CIFAR-10 model (spec section 8.2): 128 layers, 2 heads, d 256, half-size
+# feed-forward and q/k (59M parameters), strided l = 96 (one row of 32 RGB pixels) interleaved
+# 3:1 as the authors' code ('bT,b,b,b': one strided layer, then three local ones), residual
+# dropout 0.25, lr 3.5e-4. Not stated in the paper: batch 16 (2 per GPU on 8 GPUs, the authors'
+# config), 5000 warm-up updates, 360,000 updates (120 epochs of 48,000 images), bf16 autocast.
+register_preset(
+    "cifar10",
+    Config(
+        model=ModelConfig(
+            ctx=3072, n_layer=128, n_head=2, d_model=256, pattern="strided", stride=96,
+            mode="interleaved", layers="strided,local,local,local", half_size=True,
+            dropout=0.25, data_shape=(32, 32, 3),
+        ),
+        data=DataConfig(dataset="cifar10"),
+        train=TrainConfig(
+            max_steps=360_000, batch_size=16, lr=3.5e-4, warmup=5000, eval_interval=3000,
+            eval_batches=32, log_interval=100, ckpt_interval=3000, keep_last=3,
+            precision="bf16", recompute=True,
+        ),
+        sample=SampleConfig(num=16, temperature=1.0),
+    ),
+)  # fmt: skip
+
+# The paper's ImageNet 64x64 model (spec section 8.2): 48 layers, 16 heads, d 512 (152M
+# parameters), strided l = 128, context 12,288, residual dropout 0.01. Where the paper is silent:
+# layers interleaved 'local,strided,local,local' (the authors' 'b,bT,b,b'), lr 1.5e-4 and a batch
+# of 128 (their 150M config: 4 per GPU on 32 GPUs), 5000 warm-up updates, 700,000 updates (70
+# epochs of 1.28M images), recomputation and bf16 autocast.
+register_preset(
+    "imagenet64",
+    Config(
+        model=ModelConfig(
+            ctx=12288, n_layer=48, n_head=16, d_model=512, pattern="strided", stride=128,
+            mode="interleaved", layers="local,strided,local,local", dropout=0.01,
+            data_shape=(64, 64, 3),
+        ),
+        data=DataConfig(dataset="imagenet64"),
+        train=TrainConfig(
+            max_steps=700_000, batch_size=128, lr=1.5e-4, warmup=5000, eval_interval=5000,
+            eval_batches=16, log_interval=100, ckpt_interval=5000, keep_last=3,
+            precision="bf16", recompute=True,
+        ),
+        sample=SampleConfig(num=4, temperature=1.0),
+    ),
+)  # fmt: skip
+
+# --- small audio preset (issue 6) -------------------------------------------------------------
+# CPU-sized raw audio: `prepare moh-music` (8 kHz mu-law, 18.5 min of music); context 4096
+# (half a second) with attention embeddings (row, column) of width l = 64. `sample` writes WAVs.
+register_preset(
+    "moh-music",
+    Config(
+        model=ModelConfig(
+            ctx=4096, n_layer=4, n_head=4, d_model=128, pattern="strided", stride=64,
+            mode="multihead", backend="torch",
+        ),
+        data=DataConfig(dataset="moh-music"),
+        train=TrainConfig(
+            max_steps=300, batch_size=4, lr=2e-3, warmup=20, eval_interval=100, eval_batches=8,
+            log_interval=10, ckpt_interval=100, keep_last=2,
+        ),
+        sample=SampleConfig(length=4095, num=2, temperature=1.0),
+    ),
+)  # fmt: skip
+
 
 # --------------------------------------------------------------------------------------------
 # (De)serialisation
