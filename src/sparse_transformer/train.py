@@ -187,6 +187,18 @@ class _Metrics:
 # --------------------------------------------------------------------------------------------
 
 
+def _shape_probe(cfg: Config) -> nn.Module:
+    """The model of ``cfg`` on the meta device (shapes only, nothing allocated, not logged)."""
+    model_log = logging.getLogger(SparseTransformer.__module__)
+    level = model_log.level
+    model_log.setLevel(logging.WARNING)
+    try:
+        with torch.device("meta"):
+            return SparseTransformer(cfg.model)
+    finally:
+        model_log.setLevel(level)
+
+
 def _check_resume_config(saved: Config, cfg: Config, where: Path) -> None:
     if saved.model != cfg.model:
         a, b = config_to_dict(saved)["model"], config_to_dict(cfg)["model"]
@@ -269,8 +281,11 @@ def _train(
             f"{out_dir} already holds a run (latest checkpoint {ckpt.name}); pass --resume to "
             "continue it or choose another --out"
         )
-    if ckpt is not None:
+    resumed: tuple[dict, dict] | None = None
+    if ckpt is not None:  # read (and check) everything before starting
         _check_resume_config(C.load_config(ckpt), cfg, ckpt)
+        resumed = C.load_model_state(ckpt), C.load_trainer_state(ckpt)
+        C.check_state_matches(_shape_probe(cfg), resumed[0], str(ckpt))
 
     train_ds = open_dataset(cfg, "train")
     val_ds = open_dataset(cfg, "val")
@@ -282,7 +297,6 @@ def _train(
     log.info("config %s", json.dumps(config_to_dict(cfg), separators=(",", ":")))
 
     model = build_model(cfg)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     model.to(device)
     data_gen = torch.Generator().manual_seed(t.seed)
     model = apply_infrastructure(model, cfg, info)
@@ -290,12 +304,8 @@ def _train(
     scaler = DynamicLossScaler(enabled=t.precision == "fp16")
 
     step, best, val = 0, None, None
-    if ckpt is not None:
-        state = C.load_model_state(ckpt)
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        if shapes != expected:
-            C.check_state_matches(SparseTransformer(cfg.model), state, str(ckpt))
-        ts = C.load_trainer_state(ckpt)
+    if ckpt is not None and resumed is not None:
+        state, ts = resumed
         D.load_full_state(model, state, opt, ts["optimizer"])
         C.set_rng_state(ts["rng"], data_gen)
         if "scaler" in ts:
