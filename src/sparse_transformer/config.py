@@ -291,7 +291,8 @@ for _name, (_ctx, _layers, _heads, _d, _lr, _drop, _evals) in _AUDIO.items():
 # start byte 0, so ctx = H * W * C and position embeddings are per (row, column, channel).
 
 # CPU in minutes (2 cores): a 0.9M-parameter strided model whose heads split between the local
-# row (l = 28 = one image row) and the column above. docs/images.md gives its figures.
+# row (l = 28 = one image row) and the column above. One torch thread: on a shared 2-core machine
+# it measured 1.2-1.5 s per update against 1.7-13 s with two. docs/images.md gives its figures.
 register_preset(
     "fashion-mnist",
     Config(
@@ -301,8 +302,8 @@ register_preset(
         ),
         data=DataConfig(dataset="fashion-mnist"),
         train=TrainConfig(
-            max_steps=200, batch_size=8, lr=2e-3, warmup=20, eval_interval=50, eval_batches=8,
-            log_interval=10, ckpt_interval=50, keep_last=2,
+            max_steps=400, batch_size=8, lr=2e-3, warmup=20, eval_interval=50, eval_batches=8,
+            log_interval=10, ckpt_interval=100, keep_last=2, threads=1,
         ),
         sample=SampleConfig(num=16, temperature=1.0),
     ),
