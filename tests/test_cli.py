@@ -108,6 +108,13 @@ def test_end_to_end(corpus, tmp_path, capsys):
     assert out.count("ROMEO:") == 2 and "tokens/s" in err
     texts = sorted((tmp_path / "samples").glob("sample-*.txt"))
     assert len(texts) == 2 and all(len(p.read_bytes()) == 16 for p in texts)
+    # past the context (ctx 32) by a sliding window
+    code, _, err = run(
+        capsys, "sample", "--checkpoint", out_dir, "--prompt", "ROMEO:", "--length", "70",
+        "--out", tmp_path / "long", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert len((tmp_path / "long" / "sample-0.txt").read_bytes()) == 76
     # the same seed gives the same sample
     code, out2, _ = run(
         capsys, "sample", "--checkpoint", out_dir, "--prompt", "ROMEO:", "--length", "10",
@@ -158,7 +165,8 @@ def test_bad_inputs_one_line_exit_2(corpus, tmp_path, capsys):
         (["eval", "--checkpoint", out_dir, "--data-dir", tmp_path / "none"], "prepare corpus"),
         (["eval", "--checkpoint", out_dir, "--split", "dev"], "invalid choice"),
         (["eval"], "--checkpoint"),
-        (["sample", "--checkpoint", out_dir, "--length", "100"], "exceeds the context"),
+        (["sample", "--checkpoint", out_dir, "--length", "3", "--temperature", "-1"],
+         "temperature must be"),
         (["prepare", "nope"], "unknown dataset 'nope'"),
         (["prepare", "text", "--data-dir", tmp_path], "needs --path"),
         (["prepare", "text", "--path", corpus[1], "--bogus=1"], "unknown option --bogus"),

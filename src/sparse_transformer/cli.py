@@ -384,10 +384,34 @@ def _sample_audio(args, model, cfg, meta, num, temperature, gen, stats) -> tuple
     return paths, f"{num} clips of {length} samples ({length / rate:.2f} s at {rate} Hz)"
 
 
-def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
+def _generate(model, idx, length: int, **kw: Any):
+    """:func:`~sparse_transformer.sample.generate`, and past the context by a sliding window:
+    once ``prompt + length`` exceeds ``ctx``, each further chunk re-encodes the last ``ctx // 2``
+    bytes as its prompt and generates up to ``ctx - ctx // 2`` more."""
+    import time
+
     import torch
 
     from .sample import generate
+
+    ctx = model.cfg.ctx
+    stats = kw.pop("stats")
+    if idx.shape[1] + length <= ctx:
+        return generate(model, idx, length, stats=stats, **kw)
+    log.info("sampling past the context (%d): sliding window of the last %d bytes", ctx, ctx // 2)
+    t0, out, left, first = time.perf_counter(), idx, length, True
+    while left > 0:
+        keep = min(out.shape[1], ctx - 1 if first else max(1, ctx // 2))
+        n = min(left, ctx - keep)
+        new = generate(model, out[:, -keep:], n, stats={}, **kw)[:, keep:]
+        out, left, first = torch.cat([out, new], dim=1), left - n, False
+    seconds = time.perf_counter() - t0
+    stats.update(seconds=seconds, tokens_per_s=idx.shape[0] * length / max(seconds, 1e-9))
+    return out
+
+
+def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
+    import torch
 
     if extras:
         raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
@@ -426,7 +450,7 @@ def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
     gen = torch.Generator(device=device).manual_seed(seed)
     stats: dict[str, Any] = {}
     logging.getLogger("sparse_transformer.sample").setLevel(logging.WARNING)  # we print the rate
-    out = generate(
+    out = _generate(
         model, idx, length, temperature=temperature, generator=gen,
         progress=not args.no_progress, stats=stats,
     )  # fmt: skip
