@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from data_fixtures import text_bytes
 
 from sparse_transformer import checkpoint as C
+from sparse_transformer import precision
 from sparse_transformer import train as T
 from sparse_transformer.config import apply_overrides, get_preset
 from sparse_transformer.data import prepare
@@ -60,10 +61,14 @@ def events(run, kind="train"):
 # --------------------------------------------------------------------------------------------
 
 
-def test_recompute_gives_the_same_gradients_with_dropout():
+@pytest.mark.parametrize("ff_chunk", [None, 100])
+def test_recompute_gives_the_same_gradients_with_dropout(ff_chunk, monkeypatch):
     """fp32, dropout 0.2, strided multihead model on the torch backend: gradients with and
     without recomputation agree to 1e-6 (relative); the recomputed blocks really run twice and
-    the dropout masks really matter (another seed gives other gradients)."""
+    the dropout masks really matter (another seed gives other gradients). ``ff_chunk=100``: the
+    feed-forward networks also run in recomputed chunks of 100 of the 256 positions."""
+    if ff_chunk is not None:
+        monkeypatch.setattr(precision, "FF_CHUNK_TOKENS", ff_chunk)
     cfg = ModelConfig(
         ctx=128, n_layer=3, n_head=2, d_model=32, pattern="strided", stride=16,
         mode="multihead", dropout=0.2, backend="torch",

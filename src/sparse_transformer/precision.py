@@ -8,7 +8,12 @@
 * ``train.recompute``: :func:`apply_recompute` makes every residual block of ``model.blocks``
   recompute its forward pass during backward (only the residual stream is stored, as in the
   paper's Figure 4). Dropout masks match between the forward and the recomputed forward because
-  the RNG state is saved and restored around the recomputation.
+  the RNG state is saved and restored around the recomputation. For long inputs the block's
+  position-wise feed-forward network additionally runs in chunks of at most
+  :data:`FF_CHUNK_TOKENS` tokens, each recomputed on its own, so its 4d-wide hidden activations
+  exist for one chunk at a time rather than for the whole sequence (at 1M tokens they would
+  otherwise be the largest tensors of the step). Chunking changes no result: the feed-forward
+  network acts on every position separately.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 def compute_dtype(precision: str) -> torch.dtype:
     """The activation dtype of a ``train.precision`` name, or ValueError."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown train.precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        raise ValueError(
+            f"unknown train.precision {precision!r}; choose from {', '.join(PRECISIONS)}"
+        )
     return PRECISIONS[precision]
 
 
@@ -55,15 +62,38 @@ def _recomputed_forward(forward, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
 
 
+#: Tokens per feed-forward chunk under recomputation (inputs with more tokens are chunked).
+FF_CHUNK_TOKENS = 1 << 16
+
+
+def _chunked_ff_forward(forward, x: torch.Tensor) -> torch.Tensor:
+    """A position-wise ``forward`` over ``x`` (..., d) in chunks of FF_CHUNK_TOKENS positions,
+    each checkpointed (only its input, a view, is kept; the hidden layer is recomputed)."""
+    n = x.numel() // x.shape[-1]
+    if not torch.is_grad_enabled() or n <= FF_CHUNK_TOKENS:
+        return forward(x)
+    flat = x.reshape(n, x.shape[-1])
+    outs = [
+        checkpoint(forward, part, use_reentrant=False, preserve_rng_state=True)
+        for part in flat.split(FF_CHUNK_TOKENS)
+    ]
+    out = torch.cat(outs)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 def apply_recompute(model: nn.Module) -> nn.Module:
-    """Recompute each residual block in the backward pass. Parameter names do not change, so
-    checkpoints are the same with and without it. Apply before FSDP wrapping."""
+    """Recompute each residual block in the backward pass (and chunk long feed-forward passes,
+    see the module notes). Parameter names do not change, so checkpoints are the same with and
+    without it. Apply before FSDP wrapping."""
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ValueError("recomputation needs a model with a .blocks ModuleList of residual blocks")
     for block in blocks:
         if getattr(block, "_recompute", False):
             continue
+        mlp = getattr(block, "mlp", None)
+        if isinstance(mlp, nn.Module):
+            mlp.forward = functools.partial(_chunked_ff_forward, mlp.forward)
         block.forward = functools.partial(_recomputed_forward, block.forward)
         block._recompute = True
     return model
@@ -129,7 +159,9 @@ class DynamicLossScaler:
             self.scale_value = max(self.min_scale, self.scale_value / self.factor)
             self.good_steps = 0
             self.skipped += 1
-            log.warning("non-finite gradients: step skipped, loss scale lowered to %g", self.scale_value)
+            log.warning(
+                "non-finite gradients: step skipped, loss scale lowered to %g", self.scale_value
+            )
             return
         self.good_steps += 1
         if self.good_steps % self.growth_interval == 0:
