@@ -204,10 +204,11 @@ def test_fp16_loss_scaling_recovers_from_an_injected_inf_gradient(
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     cfg = tiny(data_dir, **{"train.precision": "fp16", "train.max_steps": 8})
     run = tmp_path / "fp16"
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         result = T.train(cfg, run, progress=False)
     assert result["step"] == 8 and math.isfinite(result["train_loss"])
     assert "step skipped, loss scale lowered to 32768" in caplog.text
+    assert "| loss scale 65536" in caplog.text and "| loss scale 32768" in caplog.text  # logged
     scales = [e["loss_scale"] for e in events(run)]
     assert scales[:3] == [65536.0] * 3 and scales[3:] == [32768.0] * 5, scales
     assert all(math.isfinite(e["loss"]) for e in events(run))

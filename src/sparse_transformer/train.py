@@ -339,10 +339,12 @@ def _train(
 
     def validate() -> dict[str, Any]:
         if t.eval_batches:
+            # In forward passes of at most `micro` sequences per rank (long sequences): the same
+            # windows as whole batches would draw (one generator, consumed in order).
             r = estimate_loss(
-                model, val_ds, batches=t.eval_batches, batch_size=t.batch_size, ctx=ctx,
-                seed=t.seed + 1, precision=t.precision, rank=info.rank,
-                world_size=info.world_size,
+                model, val_ds, batches=t.eval_batches * n_micro,
+                batch_size=micro * info.world_size, ctx=ctx, seed=t.seed + 1,
+                precision=t.precision, rank=info.rank, world_size=info.world_size,
             )  # fmt: skip
         else:
             r = evaluate(
@@ -404,6 +406,8 @@ def _train(
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1))
                 scaler.scale(loss / n_micro).backward()
                 loss_sum += loss.detach()
+            step_loss = D.all_reduce_mean(loss_sum / n_micro)
+            check_finite_loss(step_loss, step + 1)  # before the update: the weights stay good
             ok = scaler.unscale_(model.parameters())
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -412,8 +416,6 @@ def _train(
             scaler.update(ok)
             opt.zero_grad(set_to_none=True)
             step += 1
-            step_loss = D.all_reduce_mean(loss_sum / n_micro)
-            check_finite_loss(step_loss, step)
             acc_loss += float(step_loss)
             acc_steps += 1
             bar.update(1)
@@ -424,8 +426,9 @@ def _train(
                 ms = 1000 * dt / acc_steps
                 tok_s = acc_steps * t.batch_size * ctx / dt
                 log.info(
-                    "step %d | loss %.4f | bpb %.3f | lr %.2e | %.0f ms | %.1fk tok/s",
+                    "step %d | loss %.4f | bpb %.3f | lr %.2e | %.0f ms | %.1fk tok/s%s",
                     step, loss_avg, bits_per_byte(loss_avg), lr, ms, tok_s / 1000,
+                    f" | loss scale {scaler.scale_value:g}" if scaler.enabled else "",
                 )  # fmt: skip
                 event = {
                     "event": "train", "step": step, "loss": loss_avg,
