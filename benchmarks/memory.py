@@ -224,22 +224,25 @@ def _print_row(r: dict) -> None:
 
 
 def run_presets(args, doc: dict) -> None:
+    """Every preset as configured first (the numbers that matter), then the variants without
+    recomputation (which may run out of memory)."""
     from dataclasses import replace
 
     from sparse_transformer.config import get_preset
 
-    for name in args.presets:
+    jobs = [(name, get_preset(name).train.recompute) for name in args.presets]
+    if args.no_recompute_too:
+        jobs += [(name, False) for name, rec in jobs if rec]
+    for name, rec in jobs:
         cfg = get_preset(name)
         model_cfg = replace(cfg.model, backend=args.backend)
-        variants = [cfg.train.recompute] + ([False] if args.no_recompute_too else [])
-        for rec in dict.fromkeys(variants):
-            r = measure(model_cfg, device=args.device, precision=cfg.train.precision,
-                        recompute=rec, steps=args.steps)  # fmt: skip
-            r.update(name=name, kind="preset", pattern=cfg.model.pattern, stride=cfg.model.stride,
-                     layers=cfg.model.n_layer, heads=cfg.model.n_head, d=cfg.model.d_model)  # fmt: skip
-            doc["rows"].append(r)
-            _print_row(r)
-            _write(args.json, doc)
+        r = measure(model_cfg, device=args.device, precision=cfg.train.precision,
+                    recompute=rec, steps=args.steps)  # fmt: skip
+        r.update(name=name, kind="preset", pattern=cfg.model.pattern, stride=cfg.model.stride,
+                 layers=cfg.model.n_layer, heads=cfg.model.n_head, d=cfg.model.d_model)  # fmt: skip
+        doc["rows"].append(r)
+        _print_row(r)
+        _write(args.json, doc)
 
 
 def run_sweep(args, doc: dict) -> None:

@@ -188,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     env = env_info(args.device)
     if args.device == "cuda":
         env["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        env["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        try:
+            v = torch.cuda.nccl.version()
+            env["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        except Exception:  # noqa: BLE001 - informational only
+            env["nccl"] = "unknown"
     doc = {
         "env": env, "preset": args.preset, "ctx": cfg.model.ctx, "per_gpu_batch": args.per_gpu_batch,
         "steps": args.steps, "skip": args.skip, "overrides": args.override,
