@@ -354,7 +354,7 @@ def _sample_images(args, model, cfg, meta, num, temperature, gen, stats) -> tupl
         model, real, num=num, temperature=temperature, generator=gen, progress=progress,
         stats=stats,
     )  # fmt: skip
-    path = media.write_completions(real, done, out_dir)
+    path = media.write_completions(real, done, out_dir, name=media.file_stem(meta))
     log.info(
         "test images %s: each row shows the top half given, %d completion(s), the original",
         ", ".join(map(str, pick.tolist())), num,
@@ -548,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="generate text, images (PNG grid) or audio (WAV) from a model",
         allow_abbrev=False,
         description="Text models print their samples; image models write a PNG grid "
-        "(samples.png, or completions.png with --complete N) and audio models WAV files "
-        "(sample-K.wav) into --out (default: samples/ in the run directory).",
+        "(DATASET-samples.png, or DATASET-completions.png with --complete N) and audio models "
+        "WAV files (DATASET-sample-K.wav) into --out (default: samples/ in the run directory).",
     )  # fmt: skip
     sp.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
     sp.add_argument("--prompt", default=None, help="text to continue (default: a newline)")

@@ -3,7 +3,7 @@
     from sparse_transformer.media import sample_images, complete_images, completion_grid
     imgs = sample_images(model, 16, (28, 28, 1))              # uint8 (16, 28, 28, 1)
     done = complete_images(model, real, num=3)                # uint8 (N, 3, 28, 28, 1)
-    write_png_grid(completion_grid(real, done), "completions.png", ncols=5, scale=3)
+    write_grid(completion_grid(real, done), "completions.png", ncols=5, scale=3)
 
 Conventions come from the data layer (:mod:`sparse_transformer.data.store`): an image record is
 ``H * W * C`` bytes in raster order with the channels of a pixel adjacent, and the model sees it
@@ -24,6 +24,7 @@ CLI's ``SAMPLE_OUTPUTS`` hooks: ``fn(samples: list[bytes], out_dir, meta) -> wri
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -35,7 +36,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import IMAGE_START_BYTE, write_png_grid, write_wav
+from .data import IMAGE_START_BYTE, image_grid, write_wav
+from .data.store import atomic_write_bytes
 from .sample import KVCache, prefill, step
 
 log = logging.getLogger(__name__)
@@ -44,12 +46,14 @@ __all__ = [
     "AUDIO_START_BYTE",
     "complete_images",
     "completion_grid",
+    "file_stem",
     "grid_scale",
     "image_shape",
     "sample_bytes",
     "sample_images",
     "write_audio_samples",
     "write_completions",
+    "write_grid",
     "write_image_samples",
 ]
 
@@ -57,6 +61,9 @@ __all__ = [
 AUDIO_START_BYTE = 128
 #: Grey that fills the part of a completion's input the model did not see.
 HIDDEN_GREY = 128
+#: Colour of the lines between the tiles of a grid (and of empty tiles): white, since the images
+#: of MNIST-like sets have black backgrounds.
+GRID_LINES = 255
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,6 +244,22 @@ def completion_grid(images: np.ndarray, completions: np.ndarray, rows: int | Non
     return tiles.reshape(n * (num + 2), h, w, c)
 
 
+def write_grid(
+    tiles: np.ndarray, path: str | Path, ncols: int | None = None, scale: int = 1, pad: int = 2
+) -> Path:
+    """Tiles ``uint8 (K, H, W, C)`` as one PNG grid (:func:`~sparse_transformer.data.image_grid`
+    layout) with :data:`GRID_LINES` between the tiles; written atomically."""
+    from PIL import Image
+
+    grid = image_grid(tiles, ncols=ncols, scale=scale, pad=pad)
+    inside = image_grid(np.ones_like(tiles), ncols=ncols, scale=scale, pad=pad)
+    grid[inside == 0] = GRID_LINES
+    buf = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
 def grid_scale(h: int, w: int) -> int:
     """Pixel repeat that makes a tile about 96 pixels across (28 -> 3, 32 -> 3, 64 -> 2)."""
     return max(1, round(96 / max(h, w)))
@@ -246,28 +269,41 @@ def write_image_samples(
     samples: list[bytes], out_dir: Path | None, meta: dict[str, Any]
 ) -> list[Path]:
     """Unconditional image samples (each ``H*W*C`` bytes, start byte removed) -> one PNG grid
-    ``out_dir/samples.png``."""
+    ``out_dir/<dataset>-samples.png``."""
     h, w, c = image_shape(meta)
     if out_dir is None:
         raise ValueError("image samples need an output folder (--out DIR)")
     arr = np.stack([np.frombuffer(s, dtype=np.uint8) for s in samples])
     if arr.shape[1] != h * w * c:
         raise ValueError(f"an image sample holds {arr.shape[1]} bytes, not H*W*C = {h * w * c}")
-    path = write_png_grid(
-        arr.reshape(-1, h, w, c), Path(out_dir) / "samples.png", scale=grid_scale(h, w), pad=2
-    )
+    path = write_grid(
+        arr.reshape(-1, h, w, c), Path(out_dir) / f"{file_stem(meta)}-samples.png",
+        scale=grid_scale(h, w), pad=2,
+    )  # fmt: skip
     return [path]
 
 
 def write_completions(
-    images: np.ndarray, completions: np.ndarray, out_dir: Path, rows: int | None = None
+    images: np.ndarray,
+    completions: np.ndarray,
+    out_dir: Path,
+    rows: int | None = None,
+    name: str = "images",
 ) -> Path:
-    """The completion figure (see :func:`completion_grid`) as ``out_dir/completions.png``."""
+    """The completion figure (see :func:`completion_grid`) as
+    ``out_dir/<name>-completions.png``."""
     num, h, w = completions.shape[1:4]
     tiles = completion_grid(images, completions, rows)
-    return write_png_grid(
-        tiles, Path(out_dir) / "completions.png", ncols=num + 2, scale=grid_scale(h, w), pad=2
-    )
+    return write_grid(
+        tiles, Path(out_dir) / f"{name}-completions.png", ncols=num + 2, scale=grid_scale(h, w),
+        pad=2,
+    )  # fmt: skip
+
+
+def file_stem(meta: dict[str, Any]) -> str:
+    """File-name prefix: the dataset's name (``fashion-mnist-samples.png``)."""
+    name = str(meta.get("name") or meta.get("kind") or "sample")
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,7 +314,8 @@ def write_completions(
 def write_audio_samples(
     samples: list[bytes], out_dir: Path | None, meta: dict[str, Any]
 ) -> list[Path]:
-    """µ-law byte samples -> ``out_dir/sample-K.wav``, 16-bit mono at the dataset's rate."""
+    """µ-law byte samples -> ``out_dir/<dataset>-sample-K.wav``, 16-bit mono at the dataset's
+    sample rate."""
     if out_dir is None:
         raise ValueError("audio samples need an output folder (--out DIR)")
     rate = meta.get("sample_rate")
@@ -287,6 +324,10 @@ def write_audio_samples(
     if meta.get("encoding", "mu-law-8") != "mu-law-8":
         raise ValueError(f"unsupported audio encoding {meta.get('encoding')!r} (want mu-law-8)")
     return [
-        write_wav(np.frombuffer(s, dtype=np.uint8), rate, Path(out_dir) / f"sample-{k}.wav")
+        write_wav(
+            np.frombuffer(s, dtype=np.uint8),
+            rate,
+            Path(out_dir) / f"{file_stem(meta)}-sample-{k}.wav",
+        )
         for k, s in enumerate(samples)
     ]
