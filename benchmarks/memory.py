@@ -354,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         "--backend", default=None, help="attention backend (default: triton on cuda, torch on cpu)"
     )
     ap.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up step")
+    ap.add_argument("--memory-cap-gb", type=float, default=None,
+                    help="CUDA: cap this process's GPU memory at this many GB (1e9 bytes)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None, help="write results here")
     ap.add_argument("--plot", nargs="*", type=Path, default=None, help="JSON files to plot")
     ap.add_argument("--png", type=Path, default=RESULTS / "memory.png")
@@ -367,7 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA is not available: use --device cpu", file=sys.stderr)
         return 2
     args.backend = args.backend or ("triton" if args.device == "cuda" else "torch")
+    cap = None
+    if args.memory_cap_gb and args.device == "cuda":
+        # A hard limit like a smaller card's: the caching allocator frees its cached blocks and
+        # retries before it would exceed the cap, and raises out-of-memory past it.
+        total = torch.cuda.get_device_properties(0).total_memory
+        cap = args.memory_cap_gb * 1e9
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
     doc = {"env": env_info(args.device), "steps": args.steps, "rows": []}
+    if cap is not None:
+        doc["memory_cap_bytes"] = cap
     if args.presets:
         run_presets(args, doc)
     if args.sweep:
