@@ -303,16 +303,21 @@ def plot(paths: list[Path], png: Path) -> None:
     for r in rows:
         key = r["name"] if r["kind"] != "preset" else f"preset{' +rec' if r['recompute'] else ''}"
         series.setdefault(key, []).append(r)
+    labels = {
+        "preset +rec": "audio presets (recompute)",
+        "preset": "audio presets, no recompute",
+        "dense": "dense, flash-style Triton (O(N) memory)",
+        "dense-materialized": "dense, N x N scores stored",
+        "strided": "strided l=sqrt(N)",
+        "strided +rec": "strided l=sqrt(N), recompute",
+    }
     for key, rs in sorted(series.items()):
         rs.sort(key=lambda r: r["ctx"])
         xs = [r["ctx"] for r in rs]
         style = "o-" if key != "preset +rec" and key != "preset" else "*"
-        ax_m.plot(
-            xs, [r["peak_gib"] for r in rs], style, label=key, markersize=9 if "*" in style else 5
-        )
-        ax_t.plot(
-            xs, [r["step_ms"] for r in rs], style, label=key, markersize=9 if "*" in style else 5
-        )
+        kw = {"label": labels.get(key, key), "markersize": 9 if "*" in style else 5}
+        ax_m.plot(xs, [r["peak_gib"] for r in rs], style, **kw)
+        ax_t.plot(xs, [r["step_ms"] for r in rs], style, **kw)
         if key.startswith("preset"):
             for r in rs:
                 for ax, v in ((ax_m, r["peak_gib"]), (ax_t, r["step_ms"])):
@@ -327,7 +332,10 @@ def plot(paths: list[Path], png: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     ax_m.legend(fontsize=8)
-    fig.suptitle(f"One training step (fwd, bwd, AdamW), bf16 — {device}", fontsize=10)
+    fig.suptitle(
+        f"One training step (fwd, bwd, AdamW), bf16, batch 1 — {device}; small model 4 L, 4 H, d 256",
+        fontsize=10,
+    )
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
