@@ -208,6 +208,7 @@ register_preset(
 )  # fmt: skip
 
 # `make train`: a few minutes on a 2-core CPU, below gzip -9 (2.97 bits/byte) on the val split.
+# Many small updates (1,024 tokens each) learn faster per second here than few large ones.
 register_preset(
     "shakespeare",
     Config(
@@ -217,8 +218,8 @@ register_preset(
         ),
         data=DataConfig(dataset="shakespeare"),
         train=TrainConfig(
-            max_steps=600, batch_size=16, lr=2e-3, warmup=50, eval_interval=100,
-            eval_batches=8, log_interval=25, ckpt_interval=100, keep_last=2,
+            max_steps=2000, batch_size=4, lr=2e-3, beta2=0.99, warmup=100, eval_interval=250,
+            eval_batches=16, log_interval=50, ckpt_interval=500, keep_last=2,
         ),
         sample=SampleConfig(length=400, temperature=0.8),
     ),
