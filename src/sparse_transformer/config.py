@@ -201,7 +201,7 @@ register_preset(
         data=DataConfig(dataset="shakespeare"),
         train=TrainConfig(
             max_steps=20, batch_size=8, lr=3e-3, warmup=5, eval_interval=10, eval_batches=2,
-            log_interval=5, ckpt_interval=10, keep_last=2,
+            log_interval=5, ckpt_interval=10, keep_last=2, threads=1,
         ),
         sample=SampleConfig(length=32),
     ),

@@ -242,9 +242,13 @@ def train(
     device = None if t.device == "auto" else resolve_device(t.device)
     created_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = D.init_distributed(t.distributed, device)
+    threads = torch.get_num_threads()
     try:
+        if t.threads:
+            torch.set_num_threads(t.threads)
         return _train(cfg, out_dir, info, resume=resume, progress=progress, stop_at=stop_at)
     finally:
+        torch.set_num_threads(threads)
         if created_group and info.enabled:
             D.cleanup()
 
@@ -260,8 +264,6 @@ def _train(
 ) -> dict[str, Any]:
     t = cfg.train
     device, main = info.device, info.is_main
-    if t.threads:
-        torch.set_num_threads(t.threads)
     if t.batch_size % info.world_size:
         raise ValueError(
             f"train.batch_size={t.batch_size} must be divisible by the world size {info.world_size}"
