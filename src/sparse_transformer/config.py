@@ -208,7 +208,8 @@ register_preset(
 )  # fmt: skip
 
 # `make train`: a few minutes on a 2-core CPU, below gzip -9 (2.97 bits/byte) on the val split.
-# Many small updates (1,024 tokens each) learn faster per second here than few large ones.
+# Many small updates (1,024 tokens each) learn faster per second here than few large ones; one
+# torch thread, as two collapse (4-10x slower per update) whenever anything else runs.
 register_preset(
     "shakespeare",
     Config(
@@ -218,8 +219,8 @@ register_preset(
         ),
         data=DataConfig(dataset="shakespeare"),
         train=TrainConfig(
-            max_steps=2000, batch_size=4, lr=2e-3, beta2=0.99, warmup=100, eval_interval=250,
-            eval_batches=16, log_interval=50, ckpt_interval=500, keep_last=2,
+            max_steps=1500, batch_size=4, lr=2e-3, beta2=0.99, warmup=100, eval_interval=250,
+            eval_batches=16, log_interval=50, ckpt_interval=500, keep_last=2, threads=1,
         ),
         sample=SampleConfig(length=400, temperature=0.8),
     ),
