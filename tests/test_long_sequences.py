@@ -111,7 +111,7 @@ def test_recompute_gives_the_same_gradients_with_dropout(ff_chunk, monkeypatch):
 
 _PROBE = textwrap.dedent(
     """
-    import math, os, resource, sys
+    import math, os, sys
     import torch, torch.nn.functional as F
     from sparse_transformer.model import ModelConfig, SparseTransformer
     N = int(sys.argv[1])
@@ -125,20 +125,28 @@ _PROBE = textwrap.dedent(
     def rss():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    def hwm():  # peak resident set (VmHWM), bytes
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+    try:  # reset the peak to the current resident set (Linux >= 4.0), so earlier peaks don't count
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     before = rss()
     logits = model(x[:, :-1])
     F.cross_entropy(logits.reshape(-1, 256), x[:, 1:].reshape(-1)).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(peak - before)
+    print(hwm() - before)
     """
 )
 
 
 def step_memory(n: int) -> int:
-    """Bytes a fresh process's resident set grows by during one training step at length n
-    (glibc's mmap threshold fixed at 64 KiB, so freed tensors go back to the system)."""
+    """Bytes a fresh process's peak resident set (VmHWM, reset just before the step) exceeds its
+    resident set before one training step at length n (glibc's mmap threshold fixed at 64 KiB, so
+    freed tensors go back to the system)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, str(n)], capture_output=True, text=True, env=env,
