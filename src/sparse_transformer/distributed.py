@@ -55,13 +55,19 @@ def init_distributed(mode: str, device: str | torch.device | None = None) -> Dis
     """
     if mode not in MODES:
         raise ValueError(f"unknown train.distributed {mode!r}; choose from {', '.join(MODES)}")
-    want_cuda = device is None and torch.cuda.is_available() or (
-        device is not None and torch.device(device).type == "cuda"
+    want_cuda = (
+        device is None
+        and torch.cuda.is_available()
+        or (device is not None and torch.device(device).type == "cuda")
     )
     if not launched_by_torchrun():
         if mode != "none":
             log.info("train.distributed=%s outside torchrun: running as a single process", mode)
-        dev = torch.device(device) if device is not None else torch.device("cuda" if want_cuda else "cpu")
+        dev = (
+            torch.device(device)
+            if device is not None
+            else torch.device("cuda" if want_cuda else "cpu")
+        )
         return DistInfo(device=dev)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -77,7 +83,9 @@ def init_distributed(mode: str, device: str | torch.device | None = None) -> Dis
         dev = torch.device("cpu")
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=dt.timedelta(minutes=30), device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend, timeout=dt.timedelta(minutes=30), device_id=dev if dev.type == "cuda" else None
+        )
         log.info("process group: %s, rank %d of %d on %s", backend, rank, world, dev)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
@@ -95,7 +103,9 @@ def apply_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     return DDP(model, device_ids=ids)
 
 
-def apply_fsdp(model: nn.Module, info: DistInfo, param_dtype: torch.dtype | None = None) -> nn.Module:
+def apply_fsdp(
+    model: nn.Module, info: DistInfo, param_dtype: torch.dtype | None = None
+) -> nn.Module:
     """FSDP2: ``fully_shard`` every residual block of ``model.blocks``, then the root.
 
     ``param_dtype`` (bf16/fp16) makes FSDP cast the gathered parameters for compute while the
@@ -103,7 +113,11 @@ def apply_fsdp(model: nn.Module, info: DistInfo, param_dtype: torch.dtype | None
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
+    mp = (
+        MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        if param_dtype
+        else None
+    )
     kw = {"mp_policy": mp} if mp is not None else {}
     blocks = getattr(model, "blocks", None)
     if blocks is None:
@@ -114,7 +128,9 @@ def apply_fsdp(model: nn.Module, info: DistInfo, param_dtype: torch.dtype | None
     return model
 
 
-def apply_parallel(model: nn.Module, mode: str, info: DistInfo, param_dtype: torch.dtype | None = None) -> nn.Module:
+def apply_parallel(
+    model: nn.Module, mode: str, info: DistInfo, param_dtype: torch.dtype | None = None
+) -> nn.Module:
     """The one place the data-parallel wrapper is chosen (``train.distributed``)."""
     if not info.enabled or mode == "none":
         return model
