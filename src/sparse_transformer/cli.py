@@ -348,7 +348,8 @@ def _sample_images(args, model, cfg, meta, num, temperature, gen, stats) -> tupl
     ds = open_dataset(cfg, "test")
     if not 1 <= n <= (ds.n_records or 0):
         raise UsageError(f"--complete must be in 1..{ds.n_records} (test images), got {n}")
-    pick = np.sort(np.random.default_rng(args.seed or 0).choice(ds.n_records, n, replace=False))
+    seed = cfg.sample.seed if args.seed is None else args.seed
+    pick = np.sort(np.random.default_rng(seed).choice(ds.n_records, n, replace=False))
     real = np.stack([ds.data[i * size : (i + 1) * size] for i in pick]).reshape(n, *shape)
     done = media.complete_images(
         model, real, num=num, temperature=temperature, generator=gen, progress=progress,
