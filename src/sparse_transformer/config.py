@@ -219,8 +219,8 @@ register_preset(
         ),
         data=DataConfig(dataset="shakespeare"),
         train=TrainConfig(
-            max_steps=1500, batch_size=4, lr=2e-3, beta2=0.99, warmup=100, eval_interval=250,
-            eval_batches=16, log_interval=50, ckpt_interval=500, keep_last=2, threads=1,
+            max_steps=1800, batch_size=4, lr=2e-3, beta2=0.99, warmup=100, eval_interval=300,
+            eval_batches=16, log_interval=50, ckpt_interval=600, keep_last=2, threads=1,
         ),
         sample=SampleConfig(length=400, temperature=0.8),
     ),
