@@ -210,9 +210,10 @@ register_preset(
 # `make train`: a few minutes on a 2-core CPU, below gzip -9 (2.97 bits/byte) on the val split.
 # Many small updates (1,024 tokens each) learn faster per second here than few large ones; one
 # torch thread, as two collapse (4-10x slower per update) whenever anything else runs.
-# Measured (this 2-core machine, fresh clone, set-up included): 1500 updates at ~160 ms, val
-# 2.885 bits/byte, `make train` 4m54s (7m20s with other jobs running). 1800 updates reach 2.809
-# but take ~1 min longer; lr 1.5e-3 / 3e-3 and beta2 0.95 did worse (3.00 / 3.04 / 2.96).
+# Measured on this 2-core machine: 1500 updates at ~160-180 ms, val 2.885 bits/byte (whole
+# split); `make train` on a fresh clone 5m57s with set-up (57 s), 4m54s with .venv present, 7m20s
+# under heavy load from other jobs. 1800 updates reach 2.809 but take ~1 min longer; lr 1.5e-3 or
+# 3e-3 and beta2 0.95 did worse (val estimate 3.00 / 3.04 / 2.96 against 2.91).
 register_preset(
     "shakespeare",
     Config(
