@@ -85,7 +85,7 @@ def pip_download(requirement: str, dest: Path, *, python_version: str = "3.11") 
     its dependencies, using the running interpreter's pip. Returns the wheel path (reused when it
     is already there)."""
     name, version = _requirement_parts(requirement)
-    dest = Path(dest)
+    dest = Path(dest).resolve()  # pip runs with cwd=dest: a relative -d would nest
     dest.mkdir(parents=True, exist_ok=True)
     found = _find_wheel(dest, name, version)
     if found is not None:
@@ -113,7 +113,7 @@ def apt_download(package: str, dest: Path) -> Path:
     and move the ``.deb`` into ``dest``. Returns its path (reused when already there)."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", package):
         raise ValueError(f"not a Debian package name: {package!r}")
-    dest = Path(dest)
+    dest = Path(dest).resolve()
     dest.mkdir(parents=True, exist_ok=True)
     cached = sorted(dest.glob(f"{package}_*.deb"))
     if cached:
