@@ -284,3 +284,13 @@ def make_wav_dir(folder: Path) -> Path:
     (folder / "nested").mkdir(exist_ok=True)
     (folder / "nested" / "c.WAV").write_bytes(wav_bytes(tone(1200, 12000, 220.0), 12000))
     return folder
+
+
+def prepared_corpus(root: Path, n: int) -> Path:
+    """A generated ``corpus`` text dataset of ``n`` bytes prepared under ``root``; returns root."""
+    from sparse_transformer.data import prepare
+
+    src = root / "corpus.txt"
+    src.write_bytes(text_bytes(n))
+    prepare("text", root, path=src, progress=False)
+    return root

@@ -12,24 +12,19 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from data_fixtures import text_bytes
+from data_fixtures import prepared_corpus
 
 from sparse_transformer import checkpoint as C
 from sparse_transformer import precision
 from sparse_transformer import train as T
 from sparse_transformer.config import apply_overrides, get_preset
-from sparse_transformer.data import prepare
 from sparse_transformer.model import ModelConfig, SparseTransformer
 from sparse_transformer.precision import apply_recompute
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    src = root / "corpus.txt"
-    src.write_bytes(text_bytes(20_000))
-    prepare("text", root, path=src, progress=False)
-    return root
+    return prepared_corpus(tmp_path_factory.mktemp("data"), 20_000)
 
 
 def tiny(data_dir, **over):

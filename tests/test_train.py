@@ -8,11 +8,10 @@ import re
 
 import pytest
 import torch
-from data_fixtures import text_bytes
+from data_fixtures import prepared_corpus
 
 from sparse_transformer import checkpoint as C
 from sparse_transformer.config import TrainConfig, apply_overrides, get_preset
-from sparse_transformer.data import prepare
 from sparse_transformer.model import ModelConfig, SparseTransformer
 from sparse_transformer.train import (
     DataNotPreparedError,
@@ -24,11 +23,7 @@ from sparse_transformer.train import (
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    src = root / "corpus.txt"
-    src.write_bytes(text_bytes(30_000))
-    prepare("text", root, path=src, progress=False)
-    return root
+    return prepared_corpus(tmp_path_factory.mktemp("data"), 30_000)
 
 
 def tiny(data_dir, **over):
