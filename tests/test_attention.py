@@ -156,3 +156,18 @@ def test_torch_backend_under_autocast(dtype):
         auto = sparse_attention(q, k, v, p, backend="torch")
     auto.sum().backward()
     assert torch.equal(plain, auto) and q.grad is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_sends_dense_heads_to_sdpa_on_cuda(monkeypatch):
+    import torch.nn.functional as F
+
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 300, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    out = sparse_attention(q, k, v, P.dense())
+    assert calls, "auto should call SDPA for all-dense heads"
+    ref = sparse_attention(q.double(), k.double(), v.double(), P.dense(), backend="reference")
+    assert (out.double() - ref).abs().max() < 2e-2

@@ -380,6 +380,45 @@ register_preset(
     ),
 )  # fmt: skip
 
+# --- Table 2 at small scale (issue 9: benchmarks/reproduce.py, docs/reproduction.md) ----------
+# One model size per table half, trained with `model.pattern` = dense, fixed and strided for the
+# same number of updates on one GPU in about two minutes each. Text: GCIDE (`prepare gcide`) at
+# context 8,192, l = 128 (the paper's EnWik8 l), c = 32; images: Fashion-MNIST (28 x 28 grey,
+# 784 bytes), l = 28 (one image row, as the paper's CIFAR l = 96 is one row of 32 RGB pixels),
+# c = 4. Heads merged for both sparse patterns; no dropout (far below one epoch of images and a
+# few passes over the text: under-fitting, not over-fitting, is the regime); bf16 autocast.
+# `benchmarks/reproduce.py` may lower max_steps to fit its time budget (the same for all three).
+register_preset(
+    "table2-text",
+    Config(
+        model=ModelConfig(
+            ctx=8192, n_layer=8, n_head=4, d_model=256, pattern="fixed", stride=128, c=32,
+            mode="merged",
+        ),
+        data=DataConfig(dataset="gcide"),
+        train=TrainConfig(
+            max_steps=2000, batch_size=8, lr=1e-3, beta2=0.99, warmup=100, eval_interval=200,
+            eval_batches=4, log_interval=20, ckpt_interval=0, keep_last=1, precision="bf16",
+        ),
+        sample=SampleConfig(length=1000, temperature=0.8),
+    ),
+)  # fmt: skip
+register_preset(
+    "table2-images",
+    Config(
+        model=ModelConfig(
+            ctx=784, n_layer=8, n_head=4, d_model=256, pattern="strided", stride=28, c=4,
+            mode="merged", data_shape=(28, 28, 1),
+        ),
+        data=DataConfig(dataset="fashion-mnist"),
+        train=TrainConfig(
+            max_steps=3000, batch_size=32, lr=1e-3, beta2=0.99, warmup=100, eval_interval=300,
+            eval_batches=4, log_interval=20, ckpt_interval=0, keep_last=1, precision="bf16",
+        ),
+        sample=SampleConfig(num=16, temperature=1.0),
+    ),
+)  # fmt: skip
+
 
 # --------------------------------------------------------------------------------------------
 # (De)serialisation

@@ -1,4 +1,5 @@
-"""Pictures of attention patterns, like the paper's Figure 3 (needs matplotlib: the `plots` extra).
+"""Pictures (need matplotlib: the `plots` extra): attention patterns like the paper's Figure 3, and
+training curves of several runs side by side.
 
 For each head of a named pattern (and their union, the merged head) the figure shows
 * top: the receptive field of one query position on a 2-D grid of width ``stride`` (the query in
@@ -43,14 +44,9 @@ def pattern_figure(
     ``query`` is the position whose receptive field is drawn (default: the last position of the
     second-to-last grid row, so both heads' structure is visible).
     """
-    try:
-        import matplotlib
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.colors import ListedColormap
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ValueError("drawing patterns needs matplotlib: pip install 'sparse-transformer[plots]'") from e
     if not isinstance(n, int) or n <= 0:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if n > 4096:
@@ -86,6 +82,66 @@ def pattern_figure(
             ax.set_ylabel("query i")
     desc = f"{pattern} pattern, stride {stride}" + (f", c {c}" if pattern == "fixed" else "") + f", n {n}"
     fig.suptitle(desc + f"  (top: receptive field on a grid of width {width})", fontsize=10)
+    return _save(fig, out)
+
+
+def curves_figure(runs: dict[str, list[dict]], out: str | Path, *, unit: str = "bits/byte",
+                  title: str = "") -> Path:
+    """Training curves of several runs into ``out``: bits against updates (left) and against
+    training seconds (right); thin lines the training loss, markers the validation estimates.
+
+    ``runs`` maps a label to the run's ``metrics.jsonl`` events (dicts with ``event`` "train"
+    (``step``, ``bpb``, ``elapsed_s``) or "eval" (``step``, ``val_bpb``)).
+    """
+    plt = _pyplot()
+    if not runs:
+        raise ValueError("curves_figure needs at least one run")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (label, events) in enumerate(runs.items()):
+        color = f"C{i}"
+        train = [e for e in events if e.get("event") == "train"]
+        evals = [e for e in events if e.get("event") == "eval"]
+        elapsed = {e["step"]: e["elapsed_s"] for e in train}
+        axes[0].plot([e["step"] for e in train], [e["bpb"] for e in train], color=color, lw=0.8,
+                     alpha=0.6)  # fmt: skip
+        axes[0].plot([e["step"] for e in evals], [e["val_bpb"] for e in evals], "o-", color=color,
+                     ms=4, label=label)  # fmt: skip
+        axes[1].plot([e["elapsed_s"] for e in train], [e["bpb"] for e in train], color=color,
+                     lw=0.8, alpha=0.6)  # fmt: skip
+        timed = [e for e in evals if e["step"] in elapsed]
+        axes[1].plot([elapsed[e["step"]] for e in timed], [e["val_bpb"] for e in timed], "o-",
+                     color=color, ms=4, label=label)  # fmt: skip
+    vals = [e["val_bpb"] for ev in runs.values() for e in ev if e.get("event") == "eval"]
+    if vals:  # the start (8 bits) would flatten the part worth seeing
+        top = sorted(vals)[len(vals) // 2] if len(vals) > 2 else max(vals)
+        lo = min(vals)
+        for ax in axes:
+            ax.set_ylim(lo - 0.05 * (top - lo + 0.1), top + 0.25 * (top - lo + 0.1))
+    axes[0].set_xlabel("update")
+    axes[1].set_xlabel("seconds since the start of training")
+    for ax in axes:
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title + "  (lines: training loss; markers: validation)", fontsize=10)
+    return _save(fig, out)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ValueError("drawing needs matplotlib: pip install 'sparse-transformer[plots]'") from e
+    return plt
+
+
+def _save(fig, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ Backends (each a module with ``attention(q, k, v, plan, scale)`` for one plan sh
 * ``triton``: fused Triton kernels (CUDA; or the Triton interpreter with TRITON_INTERPRET=1).
 * ``flex``: the same plans fed to PyTorch's FlexAttention (CUDA).
 
-``auto`` picks ``triton`` on CUDA when Triton is importable, otherwise ``torch``.
+``auto`` picks ``triton`` on CUDA when Triton is importable, otherwise ``torch``; when every head is
+``dense`` on CUDA it calls PyTorch's causal ``scaled_dot_product_attention`` (FlashAttention) instead:
+the best dense kernel is the fair baseline, and a dense plan gains nothing from our tables.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
-from ..patterns import Block, Pattern, Summary
+from ..patterns import Block, Dense, Pattern, Summary
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,8 @@ def sparse_attention(
     _check_inputs(q, k, v)
     heads, n = q.shape[1], q.shape[2]
     pats = _head_patterns(pattern, heads)
+    if backend == "auto" and q.is_cuda and all(isinstance(p, Dense) for p in pats):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     name = resolve_backend(backend, q.device)
     if q.dtype == torch.float64 and name not in ("reference", "torch"):
         raise ValueError(f"float64 runs on the reference and torch backends, not {name!r}")
