@@ -5,7 +5,9 @@ per iteration; unit and hardware not stated) as our measurement: time per traini
 tokens/s of the ``enwik8`` preset (30 layers, 8 heads, d 512, ctx 12,288, residual dropout 0.4,
 bf16 autocast) with three attention patterns, everything else the same:
 
-* ``dense``: full causal attention through the same Triton kernels (a dense block plan);
+* ``dense``: full causal attention, PyTorch's SDPA (FlashAttention: what ``auto`` picks for
+  all-dense heads on CUDA); ``dense-triton`` (with ``--patterns``): the same through our Triton
+  kernels on a dense block plan;
 * ``fixed``: the preset, merged heads over block(128) + summary(128, 32) (25.8% of the pairs);
 * ``strided``: merged heads over local(128) + strided(128) (the paper's strided, l = 128).
 
@@ -30,12 +32,33 @@ from memory import _write, env_info, measure
 PAPER = {"dense": 1.31, "fixed": 0.55, "strided": 0.35}
 
 
-def variants(base):
+def variants(base, sparse_backend: str):
     return {
-        "dense": replace(base, pattern="dense"),
-        "fixed": base,
-        "strided": replace(base, pattern="strided", mode="merged"),
+        "dense": replace(base, pattern="dense", backend="auto"),
+        "dense-triton": replace(base, pattern="dense", backend="triton"),
+        "fixed": replace(base, backend=sparse_backend),
+        "strided": replace(base, pattern="strided", mode="merged", backend=sparse_backend),
     }
+
+
+def flop_floor(mc, batch: int) -> dict:
+    """Step-time ratios to dense if every part ran at the same FLOP rate (Amdahl): matmul FLOPs
+    6 * (block + head parameters) * tokens, attention 4 * pairs * d per layer forward (x 3.5
+    forward + backward); elementwise work, the optimizer and the embeddings left out."""
+    from sparse_transformer.attention import layer_patterns
+
+    n, d = mc.ctx, mc.d_model
+    per_layer = d * (2 * mc.qk_width + d) + d * d + 2 * d * mc.ffn_width  # in, out, FF
+    linear = 6 * (mc.n_layer * per_layer + d * mc.vocab_size) * batch * n
+    out = {}
+    for name, pat in (("dense", "dense"), ("fixed", "fixed"), ("strided", "strided")):
+        cfg = replace(mc, pattern=pat, mode="merged")
+        causal = n * (n + 1) / 2
+        layers = [heads[0] for heads in layer_patterns(cfg)]  # equal patterns are one object
+        density = {id(p): p.plan(n, 64).pairs() / causal if pat != "dense" else 1.0 for p in layers}
+        pairs = sum(density[id(p)] * causal for p in layers)
+        out[name] = linear + 3.5 * 4 * pairs * d * batch
+    return {k: v / out["dense"] for k, v in out.items()}
 
 
 def to_markdown(doc: dict) -> str:
@@ -50,28 +73,37 @@ def to_markdown(doc: dict) -> str:
             f"median of {doc['steps']} steps."
         ),
         "",
-        "| pattern | step (ms) | tokens/s | peak memory (GiB) | ÷ dense | paper time/iter | paper ÷ dense |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        ("| pattern | step (ms) | tokens/s | peak memory (GiB) | ÷ dense | FLOP floor ÷ dense "
+        "| paper time/iter | paper ÷ dense |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     dense = (
         rows.get("dense", {}).get("step_ms")
         if rows.get("dense", {}).get("status") == "ok"
         else None
     )
-    for name in ("dense", "fixed", "strided"):
+    floor = doc.get("flop_floor", {})
+    for name in ("dense", "dense-triton", "fixed", "strided"):
         r = rows.get(name)
         if r is None:
             continue
+        paper = PAPER.get(name.split("-")[0])
+        paper_cells = f"{paper} | {paper / PAPER['dense']:.2f}" if name in PAPER else "- | -"
+        fl = f"{floor[name]:.2f}" if name in floor else "-"
         if r["status"] != "ok":
-            out.append(
-                f"| {name} | {r['status']} | | | | {PAPER[name]} | {PAPER[name] / PAPER['dense']:.2f} |"
-            )
+            out.append(f"| {name} | {r['status']} | | | | {fl} | {paper_cells} |")
             continue
         ratio = f"{r['step_ms'] / dense:.2f}" if dense else "-"
         out.append(
             f"| {name} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r.get('peak_gib', 0):.1f} | "
-            f"{ratio} | {PAPER[name]} | {PAPER[name] / PAPER['dense']:.2f} |"
+            f"{ratio} | {fl} | {paper_cells} |"
         )
+    out += [
+        "",
+        ("FLOP floor: the step-time ratio to dense if matmuls and attention ran at one FLOP rate "
+        "(6 x parameters x tokens for the matmuls, 4 x pairs x d x 3.5 for attention; elementwise "
+        "work and the optimizer left out): with kernels as efficient as the dense ones, a sparse step cannot go below it."),
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -79,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--preset", default="enwik8")
-    ap.add_argument("--patterns", nargs="*", default=["dense", "fixed", "strided"])
+    ap.add_argument("--patterns", nargs="*", default=["dense", "fixed", "strided"],
+                    choices=["dense", "dense-triton", "fixed", "strided"])
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--ctx", type=int, default=None, help="override the context (smoke tests)")
@@ -93,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     from sparse_transformer.config import get_preset
 
     cfg = get_preset(args.preset)
-    base = replace(
-        cfg.model, backend=args.backend or ("triton" if args.device == "cuda" else "torch")
-    )
+    base = cfg.model
+    sparse_backend = args.backend or ("triton" if args.device == "cuda" else "torch")
     if args.ctx:
         base = replace(base, ctx=args.ctx)
     if args.layers:
@@ -104,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         "env": env_info(args.device), "preset": args.preset, "batch": args.batch,
         "ctx": base.ctx, "layers": base.n_layer, "precision": cfg.train.precision,
         "recompute": args.recompute, "steps": args.steps, "paper_time_per_iter": PAPER, "rows": [],
+        "flop_floor": flop_floor(base, args.batch),
     }  # fmt: skip
-    for name, mc in variants(base).items():
+    print("FLOP floor (ratio to dense at one FLOP rate): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in doc["flop_floor"].items()), flush=True)
+    for name, mc in variants(base, sparse_backend).items():
         if name not in args.patterns:
             continue
         r = measure(mc, device=args.device, precision=cfg.train.precision,
