@@ -4,11 +4,15 @@
     PYTHONPATH=src python benchmarks/gpu_check.py --no-sweep    # check + the default configs only
 
 1. Correctness (tolerance rule of docs/style.md: max|fast - ref64| <= 2 max|ref_lowprec - ref64| +
-   atol): the two target cases at N=4096 (B=1, H=8, D=64, bf16) against the float64 reference, and
+   atol), checked on a call that uses the direct launches of cached compiled kernels, which must
+   also be bit-identical to the same call through Triton's binder: the two target cases at N=4096 (B=1, H=8, D=64, bf16) against the float64 reference, and
    smaller ragged cases for head dims 32/64/128, fp16, fp32 (tf32 dots), merged two-segment heads.
-2. Timings (median of triton.testing.do_bench, ms) of the target cases at N=16,384 and 65,536,
-   forward and forward+backward, for each (tile, launch config) variant in SWEEP; dense causal
-   SDPA (flash) for comparison.
+2. Timings (median of triton.testing.do_bench, ms) of the target cases at N=16,384 and 65,536
+   (``--sizes``), forward and forward+backward, for each (tile, launch config) variant in SWEEP;
+   dense causal SDPA (flash) for comparison. Each default-config row is timed twice: with the
+   direct launches of cached compiled kernels (``TA.DIRECT_LAUNCH``, the default) and with every
+   launch through Triton's ``kernel[grid]`` binder (``*_binder`` fields), so the host overhead
+   saved shows in one run.
 Prints a table last; writes JSON to $OUT (or --out).
 """
 
@@ -86,10 +90,20 @@ def check(name, heads, n, d, dtype, block, device=None) -> dict:
     torch.manual_seed(hash((name, n, d)) % 2**31)
     q, k, v = (torch.randn(1, len(heads), n, d, device=device).to(dtype) for _ in range(3))
     g = torch.randn_like(q)
-    fast = _grads(triton_call(heads, n, block, device), q, k, v, g)
+    fn = triton_call(heads, n, block, device)
+    _grads(fn, q, k, v, g)  # first launches: through Triton (compiles, caches the compiled kernels)
+    TA.DIRECT_LAUNCH = False
+    try:
+        binder = _grads(fn, q, k, v, g)
+    finally:
+        TA.DIRECT_LAUNCH = True
+    fast = _grads(fn, q, k, v, g)  # direct launches where supported; checked below
+    direct_equal = all(torch.equal(a, b) for a, b in zip(binder, fast))
+    del binder
     ref64 = _ref(q.double(), k.double(), v.double(), heads, g.double(), True)
     low = _ref(q, k, v, heads, g, False)
-    row = {"name": name, "n": n, "d": d, "dtype": str(dtype).replace("torch.", ""), "block": block, "ok": True}
+    row = {"name": name, "n": n, "d": d, "dtype": str(dtype).replace("torch.", ""), "block": block, "ok": True,
+           "direct_equals_binder": direct_equal}
     for label, f, r, lo in zip(("out", "dq", "dk", "dv"), fast, ref64, low):
         err = (f.double() - r).abs().max().item()
         base = (lo.double() - r).abs().max().item()
@@ -97,6 +111,7 @@ def check(name, heads, n, d, dtype, block, device=None) -> dict:
         ok = bool(torch.isfinite(f).all()) and err <= 2 * base + ATOL[dtype]
         row[label] = {"err": err, "ref_lowprec_err": base, "rel": rel, "ok": ok}
         row["ok"] &= ok
+    row["ok"] &= direct_equal  # bit-identical outputs and gradients with and without direct launches
     del q, k, v, g, fast, ref64, low
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -230,6 +245,25 @@ def raw_and_wall(heads, n, block, fn, q, k, v, g) -> dict:
     return out
 
 
+def binder_only(fn, q, k, v, g) -> dict:
+    """The same calls with every launch through Triton's binder (direct launches off)."""
+    if DEVICE != "cuda":
+        return {}
+    TA.DIRECT_LAUNCH = False
+    try:
+        out = {"fwd_ms_binder": bench(fn, False, q, k, v, g), "fb_ms_binder": bench(fn, True, q, k, v, g)}
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(50):
+            fn(q, k, v).backward(g)
+        torch.cuda.synchronize()
+        out["wall_fb_ms_binder"] = (time.perf_counter() - t0) / 50 * 1e3
+        q.grad = k.grad = v.grad = None
+    finally:
+        TA.DIRECT_LAUNCH = True
+    return out
+
+
 def timings(sweep, sizes) -> list[dict]:
     import torch.nn.functional as F
 
@@ -253,6 +287,8 @@ def timings(sweep, sizes) -> list[dict]:
                     row["fb_ms"] = bench(fn, True, q, k, v, g)
                     row["peak_mb_fb"] = peak_mb(fn, True, q, k, v, g)
                     row.update(raw_and_wall(heads, n, block, fn, q, k, v, g))
+                    if sweep.index((c, block, fwd_cfg, bwd_cfg)) == [s[0] for s in sweep].index(case):
+                        row.update(binder_only(fn, q, k, v, g))
                     row["wall_s"] = time.time() - t0
                     row["fwd_tflops"] = 4 * npairs * 64 / row["fwd_ms"] / 1e9
                     row["fb_tflops"] = 3.5 * 4 * npairs * 64 / row["fb_ms"] / 1e9
@@ -289,11 +325,17 @@ def diagnostics() -> dict:
         for _ in range(3):
             fn(q, k, v).backward(g)
         torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
+        cpu_ms = {}
+        for direct in (True, False):
+            TA.DIRECT_LAUNCH = direct
             fn(q, k, v).backward(g)
-        cpu_ms = (time.perf_counter() - t0) / 20 * 1e3  # enqueue time (GPU runs behind)
-        torch.cuda.synchronize()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(20):
+                fn(q, k, v).backward(g)
+            cpu_ms["direct" if direct else "binder"] = (time.perf_counter() - t0) / 20 * 1e3  # enqueue time
+            torch.cuda.synchronize()
+        TA.DIRECT_LAUNCH = True
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
                 fn(q, k, v).backward(g)
@@ -365,15 +407,18 @@ def main() -> int:
         except Exception:  # noqa: BLE001  (diagnostics only)
             traceback.print_exc()
     times = timings(sweep, args.sizes) if args.sizes != [0] else []
+    info["command"] = "PYTHONPATH=src python " + " ".join(["benchmarks/gpu_check.py", *sys.argv[1:]])
+    info["triton_launches"] = TA.launch_stats()
     result = {"env": info, "checks": checks, "diagnostics": diag, "timings": times, "wall_s": time.time() - t0}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1))
     print()
     print(f"{info['device']} torch {info['torch']} triton {info['triton']} commit {info['commit']}")
+    print(f"launches {json.dumps(info['triton_launches'])}")
     for r in checks:
         errs = " ".join(f"{k}={r[k]['err']:.2e}/{r[k]['ref_lowprec_err']:.2e}" for k in ("out", "dq", "dk", "dv") if k in r)
         print(f"CHECK {'PASS' if r['ok'] else 'FAIL'} {r['name']:26s} n={r['n']} d={r['d']} {r.get('dtype', '')} "
-              f"blk={r['block']} {errs or r.get('error', '')}")
+              f"blk={r['block']} {errs or r.get('error', '')} direct==binder {r.get('direct_equals_binder')}")
     for r in times:
         if "error" in r:
             print(f"TIME {r['case']:8s} n={r['n']:6d} blk={r.get('block')} ERROR {r['error'][:120]}")
@@ -381,7 +426,9 @@ def main() -> int:
             print(f"TIME {r['case']:8s} n={r['n']:6d} blk={r['block']:3d} fwd{r['fwd_cfg']} bwd{r['bwd_cfg']} "
                   f"fwd {r['fwd_ms']:.3f} ms ({r['fwd_tflops']:.0f} TF/s)  f+b {r['fb_ms']:.3f} ms "
                   f"({r['fb_tflops']:.0f} TF/s)  peak {r['peak_mb_fb']:.0f} MB  kernels fwd "
-                  f"{r.get('fwd_kernels_ms', 0):.3f} bwd {r.get('bwd_kernels_ms', 0):.3f} wall f+b {r.get('wall_fb_ms', 0):.3f}")
+                  f"{r.get('fwd_kernels_ms', 0):.3f} bwd {r.get('bwd_kernels_ms', 0):.3f} wall f+b {r.get('wall_fb_ms', 0):.3f}"
+                  + (f" | binder: fwd {r['fwd_ms_binder']:.3f} f+b {r['fb_ms_binder']:.3f} wall f+b "
+                     f"{r['wall_fb_ms_binder']:.3f}" if "fb_ms_binder" in r else ""))
         else:
             print(f"TIME {r['case']:8s} n={r['n']:6d} fwd {r['fwd_ms']:.3f} ms  f+b {r['fb_ms']:.3f} ms")
     print(f"total {time.time() - t0:.0f}s")

@@ -135,6 +135,136 @@ def test_bad_inputs():
 
 
 # ------------------------------------------------------------------------------------------
+# Launches: the cache key and the direct path (pure Python, fakes for Triton's objects)
+# ------------------------------------------------------------------------------------------
+
+
+def test_spec_key_follows_triton_specialization():
+    a = torch.zeros(64, dtype=torch.float16)
+    b = torch.ones(64, dtype=torch.float16)
+    key = TA.spec_key
+    assert key((a, 32, 17, 0.5)) == key((b, 48, 19, 2.0))  # same dtype/alignment, same int classes
+    assert key((a,)) != key((a.float(),))  # dtype
+    assert key((a,)) != key((a[1:],))  # pointer no longer 16-byte aligned
+    assert key((16,)) != key((17,))  # divisible by 16
+    assert key((1,)) != key((3,))  # == 1 (Triton makes it a constant)
+    assert key((2**31 + 16,)) != key((16,))  # int64 vs int32
+    assert key((2**63 + 16,)) != key((2**31 + 16,))  # uint64 vs int64
+    assert key((True,)) != key((1,)) and key((True,)) != key((False,))
+    assert key((None,)) != key((0,))
+
+
+class _FakeParam:
+    def __init__(self, constexpr):
+        self.is_constexpr = constexpr
+
+
+class _FakeCompiled:
+    def __init__(self, log, fail=False):
+        self.log, self.fail = log, fail
+        self.function, self.packed_metadata = object(), (4, 1, 0)
+
+    def run(self, gx, gy, gz, stream, function, meta, launch_meta, enter, exit_, *args):
+        if self.fail:
+            raise TypeError("launcher signature differs")
+        self.log.append(("direct", (gx, gy, gz), stream, args))
+
+
+class _FakeKernel:
+    """Stands in for a JITFunction: ``kernel[grid](*args, num_warps=, num_stages=)``."""
+
+    __name__ = "fake_kernel"
+
+    def __init__(self, n_args, n_consts, fail_direct=False):
+        self.params = [_FakeParam(i >= n_args) for i in range(n_args + n_consts)]
+        self.log, self.fail_direct, self.compiled = [], fail_direct, 0
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps, num_stages):
+            self.log.append(("triton", grid, args, num_warps, num_stages))
+            self.compiled += 1
+            return _FakeCompiled(self.log, self.fail_direct)
+
+        return launch
+
+
+class _Hooks:
+    def __init__(self):
+        self.calls = []
+
+
+class _Runtime:
+    launch_enter_hook = _Hooks()
+    launch_exit_hook = _Hooks()
+
+
+@pytest.fixture
+def direct_path(monkeypatch):
+    """The launchers' state as on a CUDA machine with a supported Triton (stream 7, device 0)."""
+    monkeypatch.setattr(TA._Launcher, "state", {"ok": True, "reason": "", "runtime": _Runtime(),
+                                                "stream": lambda device: 7})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(TA, "DIRECT_LAUNCH", True)
+
+
+def test_launcher_direct_after_first_launch(direct_path):
+    fake = _FakeKernel(3, 2)
+    launch = TA._Launcher(fake)
+    x = torch.zeros(32)
+    launch((4, 2), (x, 64, 0.5), (64, True), 4, 2)
+    launch((5, 2), (torch.ones(32), 80, 0.25), (64, True), 4, 2)  # same specialization
+    assert [e[0] for e in fake.log] == ["triton", "direct"]
+    assert fake.log[1][1] == (5, 2, 1) and fake.log[1][2] == 7
+    assert fake.log[1][3][1:] == (80, 0.25, 64, True)  # arguments then constexprs, in order
+    # Anything that changes the specialization goes through Triton again.
+    for args, consts, warps, stages in [
+        ((x, 65, 0.5), (64, True), 4, 2),  # int no longer divisible by 16
+        ((x, 64, 0.5), (128, True), 4, 2),  # constexpr
+        ((x, 64, 0.5), (64, True), 8, 2),  # warps
+        ((x, 64, 0.5), (64, True), 4, 3),  # stages
+        ((x.half(), 64, 0.5), (64, True), 4, 2),  # dtype
+    ]:
+        n = len(fake.log)
+        launch((1,), args, consts, warps, stages)
+        assert fake.log[n][0] == "triton", (args, consts, warps, stages)
+    assert launch.n_direct == 1 and len(launch.compiled) == 6
+
+
+def test_launcher_falls_back_for_good_on_mismatch(direct_path):
+    fake = _FakeKernel(2, 1, fail_direct=True)
+    launch = TA._Launcher(fake)
+    for _ in range(3):
+        launch((1,), (torch.zeros(4), 16), (8,), 4, 1)
+    assert [e[0] for e in fake.log] == ["triton"] * 3  # the failed direct call re-ran through Triton
+    assert TA._Launcher.state["ok"] is False and "failed" in TA._Launcher.state["reason"]
+
+
+def test_launcher_checks_constexpr_positions(direct_path):
+    fake = _FakeKernel(2, 1)  # kernel has 2 arguments + 1 constexpr; called with 1 + 2
+    launch = TA._Launcher(fake)
+    launch((1,), (torch.zeros(4),), (16, 8), 4, 1)
+    launch((1,), (torch.zeros(4),), (16, 8), 4, 1)
+    assert [e[0] for e in fake.log] == ["triton"] * 2
+    assert TA._Launcher.state["ok"] is False
+
+
+def test_launcher_off_without_support(monkeypatch):
+    class Fake:
+        __version__ = "9.9.0"
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert TA._direct_launch_supported(Fake()) == (False, "TRITON_INTERPRET=1")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    ok, why = TA._direct_launch_supported(Fake())
+    assert not ok and "9.9.0" in why
+    # Hooks set (a profiler): launch through Triton.
+    assert TA._hooks_idle(None) and TA._hooks_idle(_Hooks())
+    busy = _Hooks()
+    busy.calls = [print]
+    assert not TA._hooks_idle(busy)
+
+
+# ------------------------------------------------------------------------------------------
 # Real sizes, real GPU
 # ------------------------------------------------------------------------------------------
 
@@ -157,3 +287,25 @@ def test_gpu_auto_picks_triton():
     from sparse_transformer.kernels import resolve_backend
 
     assert resolve_backend("auto", "cuda") == "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_direct_launch_same_results():
+    """Direct launches of the cached compiled kernels give bit-identical outputs and gradients."""
+    q, k, v = (x.requires_grad_(True) for x in qkv(1, 4, 1500, 64, torch.bfloat16, seed=7))
+    heads = [P.local(32), P.strided(32), P.union(*P.factorized("fixed", 128, 32)), P.local(32)]
+    results = []
+    for direct in (False, True, True):
+        TA.DIRECT_LAUNCH = direct
+        try:
+            out = sparse_attention(q, k, v, heads, backend="triton")
+            results.append([out, *torch.autograd.grad(out, (q, k, v), torch.ones_like(out))])
+        finally:
+            TA.DIRECT_LAUNCH = True
+    for a, b in zip(results[0], results[2]):
+        assert torch.equal(a, b)
+    stats = TA.launch_stats()
+    print(stats)
+    if stats["direct_ok"]:
+        assert stats["fwd_kernel"]["direct"] >= 1 and stats["bwd_kernel"]["direct"] >= 1

@@ -41,14 +41,19 @@ How a plan becomes work
 
 from __future__ import annotations
 
+import logging
 import math
+import operator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..patterns import BlockPlan
 
-__all__ = ["CONFIGS", "attention", "attention_multihead", "available"]
+__all__ = ["CONFIGS", "attention", "attention_multihead", "available", "launch_stats"]
+
+log = logging.getLogger(__name__)
 
 LOG2E = 1.4426950408889634
 FULL, CAUSAL = -1, -2  # visit mask codes besides predicate ids >= 0
@@ -370,9 +375,9 @@ def kernel_tables(plans: list[BlockPlan], device) -> KernelTables:
     if cache is None:
         cache = {}
         object.__setattr__(first, "_triton_combined", cache)
-    key = (tuple(id(p) for p in plans), str(torch.device(device)))
+    key = (tuple(map(id, plans)), device)  # per call: cheap; ids checked against the kept plans
     hit = cache.get(key)
-    if hit is None or any(a is not b for a, b in zip(hit[0], plans)):
+    if hit is None or not all(map(operator.is_, hit[0], plans)):
         hit = (list(plans), _combine(list(plans), device))
         cache[key] = hit
     return hit[1]
@@ -382,16 +387,191 @@ def kernel_tables(plans: list[BlockPlan], device) -> KernelTables:
 # 2-4. Kernels (defined lazily: Triton is imported on first use)
 # ---------------------------------------------------------------------------------------------
 
+# Triton versions whose low-level launch this module calls directly (read from their
+# runtime/jit.py and compiler/compiler.py): ``CompiledKernel.run(grid_x, grid_y, grid_z, stream,
+# function, packed_metadata, launch_metadata, enter_hook, exit_hook, *all_arguments)``, arguments
+# in signature order, constexprs included. Other versions always take ``kernel[grid](...)``.
+DIRECT_LAUNCH_VERSIONS = ((3, 6),)
+DIRECT_LAUNCH = True  # set False to launch every call through Triton's binder (benchmarks compare)
+
+_INT32 = (-(2**31), 2**31)
+_INT64 = (-(2**63), 2**63)
+
+
+def spec_key(args) -> tuple:
+    """What Triton specializes a compiled kernel on, for the non-constexpr ``args`` of one launch.
+
+    Per argument: a tensor -> (dtype, data pointer 16-byte aligned); a bool -> ("i1", value); an
+    int -> (integer type by range, == 1, divisible by 16); a float -> "fp"; None -> None. Anything
+    else (not expected here) by type and value. Two launches with equal keys (and equal constexprs,
+    warps, stages and device) run the same compiled kernel. The key is at least as fine as Triton's
+    own specialization, never coarser.
+    """
+    return tuple([_arg_key(a) for a in args])
+
+
+def _arg_key(a):
+    t = type(a)
+    if t is int:
+        if _INT32[0] <= a < _INT32[1]:
+            return ("i32", a == 1, a % 16 == 0)
+        return ("i64" if _INT64[0] <= a < _INT64[1] else "u64", a == 1, a % 16 == 0)
+    if t is float:
+        return "fp"
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, a.data_ptr() % 16 == 0)
+    if t is bool:
+        return ("i1", a)
+    if a is None:
+        return None
+    if isinstance(a, int):  # int subclasses other than bool
+        return _arg_key(int(a))
+    return (t.__name__, a)
+
+
+def _direct_launch_supported(triton_module) -> tuple[bool, str]:
+    """(usable, why not) for the direct launch path with this Triton."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return False, "TRITON_INTERPRET=1"
+    try:
+        version = tuple(int(x) for x in triton_module.__version__.split(".")[:2])
+    except ValueError:
+        return False, f"unparsed triton version {triton_module.__version__!r}"
+    if version not in DIRECT_LAUNCH_VERSIONS:
+        return False, f"triton {triton_module.__version__} is not among the versions coded for {DIRECT_LAUNCH_VERSIONS}"
+    try:
+        from triton.compiler.compiler import CompiledKernel
+        from triton.knobs import runtime
+        from triton.runtime.driver import driver
+    except ImportError as e:
+        return False, f"triton internals moved ({e})"
+    if not (isinstance(getattr(CompiledKernel, "run", None), property) and hasattr(runtime, "launch_enter_hook")
+            and hasattr(driver.active, "get_current_stream")):
+        return False, "CompiledKernel.run / knobs.runtime hooks / driver stream API differ"
+    return True, ""
+
+
+class _Launcher:
+    """Launches one ``@triton.jit`` kernel: ``launcher(grid, args, consts, warps, stages)``.
+
+    The first launch of each specialization goes through Triton (``kernel[grid](*args, *consts,
+    ...)``: binding, specialization, cache lookup or compile). Its compiled kernel is kept under
+    (constexprs, warps, stages, device, :func:`spec_key` of ``args``), and later launches with the
+    same key call the compiled kernel's launcher directly, skipping Triton's per-call binder (about
+    half of the host time of these 20-45-argument launches). ``consts`` are the kernel's trailing
+    constexpr parameters, positional, in signature order.
+
+    Off (every launch through Triton) under ``TRITON_INTERPRET=1``, for Triton versions other than
+    :data:`DIRECT_LAUNCH_VERSIONS`, when ``DIRECT_LAUNCH`` is False, while a launch hook is set (a
+    profiler), and for good after any mismatch (logged once).
+    """
+
+    state: ClassVar[dict] = {}  # shared by all launchers: "ok" (bool), "reason"; filled on first use
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled: dict = {}
+        self.n_direct = 0
+        self.n_triton = 0
+
+    @classmethod
+    def _ok(cls) -> bool:
+        st = cls.state
+        if "ok" not in st:
+            import triton
+
+            st["ok"], st["reason"] = _direct_launch_supported(triton)
+            if not st["ok"]:
+                log.info("direct Triton launches off: %s; launching through kernel[grid]", st["reason"])
+            else:
+                from triton.knobs import runtime
+                from triton.runtime.driver import driver
+
+                st["runtime"], st["stream"] = runtime, driver.active.get_current_stream
+        return st["ok"] and DIRECT_LAUNCH
+
+    @classmethod
+    def _disable(cls, why: str) -> None:
+        cls.state["ok"], cls.state["reason"] = False, why
+        log.warning("direct Triton launches off: %s; launching through kernel[grid] from now on", why)
+
+    def _check_signature(self, n_args: int, n_consts: int) -> bool:
+        params = getattr(self.fn, "params", None)
+        if params is None or len(params) != n_args + n_consts:
+            return False
+        return all(bool(getattr(p, "is_constexpr", False)) == (i >= n_args) for i, p in enumerate(params))
+
+    def __call__(self, grid: tuple, args: tuple, consts: tuple, num_warps: int, num_stages: int) -> None:
+        key = None
+        if self._ok():
+            st = self.state
+            rt = st["runtime"]
+            if _hooks_idle(rt.launch_enter_hook) and _hooks_idle(rt.launch_exit_hook):
+                device = torch.cuda.current_device()
+                key = (consts, num_warps, num_stages, device, spec_key(args))
+                k = self.compiled.get(key)
+                if k is not None:
+                    try:
+                        k.run(*grid, *(1,) * (3 - len(grid)), st["stream"](device), k.function, k.packed_metadata,
+                              None, None, None, *args, *consts)
+                        self.n_direct += 1
+                        return
+                    except Exception as e:  # noqa: BLE001  (any mismatch: fall back for good)
+                        self._disable(f"direct launch of {self.fn.__name__} failed ({type(e).__name__}: {e})")
+                        key = None
+        k = self.fn[grid](*args, *consts, num_warps=num_warps, num_stages=num_stages)
+        self.n_triton += 1
+        if key is not None and self._ok():
+            usable = all(hasattr(k, a) for a in ("function", "packed_metadata", "run")) and k.function is not None
+            if not usable or not self._check_signature(len(args), len(consts)):
+                self._disable(f"{self.fn.__name__}: compiled kernel or signature not as coded "
+                              f"({type(k).__name__}, {len(args)} + {len(consts)} arguments)")
+            else:
+                self.compiled[key] = k
+
+
+def _hooks_idle(hook) -> bool:
+    """No launch hook set (triton 3.6: an empty HookChain; older: None)."""
+    if hook is None:
+        return True
+    calls = getattr(hook, "calls", None)
+    return isinstance(calls, list) and not calls
+
+
+class _Kernels:
+    """The kernels of :mod:`.triton_kernels`, each behind a :class:`_Launcher`."""
+
+    def __init__(self, module):
+        self.module = module
+        for name in ("fwd_kernel", "merge_kernel", "delta_kernel", "bwd_kernel", "add_slots_kernel"):
+            setattr(self, name, _Launcher(getattr(module, name)))
+
+    def stats(self) -> dict:
+        """Per kernel: launches through Triton, direct launches, cached specializations."""
+        return {name: {"triton": ln.n_triton, "direct": ln.n_direct, "cached": len(ln.compiled)}
+                for name, ln in vars(self).items() if isinstance(ln, _Launcher)}
+
+
 _K = None
 
 
-def _kernels():
+def _kernels() -> _Kernels:
     global _K
     if _K is None:
         from . import triton_kernels
 
-        _K = triton_kernels
+        _K = _Kernels(triton_kernels)
     return _K
+
+
+def launch_stats() -> dict:
+    """Launch counts per kernel (direct vs through Triton) and the direct path's state."""
+    if _K is None:
+        return {}
+    st = _Launcher.state
+    return {"direct_ok": bool(st.get("ok")) and DIRECT_LAUNCH, "reason": st.get("reason", ""), **_K.stats()}
 
 
 def _config(kind: str, tabs: KernelTables) -> tuple[int, int]:
@@ -401,7 +581,7 @@ def _config(kind: str, tabs: KernelTables) -> tuple[int, int]:
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
-    return x.stride(0), x.stride(1), x.stride(2)
+    return x.stride()[:3]
 
 
 def _last_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -423,19 +603,22 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
         o_s, lse_s = o, lse  # never written (no slot tiles)
     warps, stages = _config("fwd", tabs)
     grid = (tabs.fwd_items.shape[0], bsz)
-    kern.fwd_kernel[grid](
-        q, k, v, o, lse, o_s, lse_s,
-        *_strides3(q), *_strides3(k), *_strides3(v),
-        h, n, rows,
-        tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull, tabs.preds, tabs.fwd_items,
-        scale * LOG2E,
-        BLOCK=blk, D=d, DV=dv, BD=_pow2(d), BDV=_pow2(dv), U=tabs.n_preds_rows,
-        num_warps=warps, num_stages=stages,
+    kern.fwd_kernel(
+        grid,
+        (q, k, v, o, lse, o_s, lse_s,
+         *_strides3(q), *_strides3(k), *_strides3(v),
+         h, n, rows,
+         tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull, tabs.preds, tabs.fwd_items,
+         scale * LOG2E),
+        (blk, d, dv, _pow2(d), _pow2(dv), tabs.n_preds_rows),  # BLOCK, D, DV, BD, BDV, U
+        warps, stages,
     )
     for items in tabs.q_round_items:
-        kern.merge_kernel[(items.shape[0], bsz)](
-            o, lse, o_s, lse_s, h, n, rows, tabs.qdesc, tabs.qpos, items,
-            BLOCK=blk, DV=dv, BDV=_pow2(dv), num_warps=4,
+        kern.merge_kernel(
+            (items.shape[0], bsz),
+            (o, lse, o_s, lse_s, h, n, rows, tabs.qdesc, tabs.qpos, items),
+            (blk, dv, _pow2(dv)),  # BLOCK, DV, BDV
+            4, 3,
         )
     return o, lse
 
@@ -446,8 +629,8 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     dv = v.shape[-1]
     blk = tabs.block
     delta = torch.empty_like(lse)
-    kern.delta_kernel[(triton_cdiv(n, 128), bsz * h)](
-        o, do, delta, h, n, *_strides3(do), BLOCK=128, DV=dv, BDV=_pow2(dv), num_warps=4,
+    kern.delta_kernel(
+        (triton_cdiv(n, 128), bsz * h), (o, do, delta, h, n, *_strides3(do)), (128, dv, _pow2(dv)), 4, 3,
     )
     dq = torch.empty(bsz, h, n, d, device=q.device, dtype=q.dtype)
     alloc = torch.zeros if tabs.zero_dkv else torch.empty
@@ -463,25 +646,26 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         dk_s, dv_s = dk, dvv
     warps, stages = _config("bwd", tabs)
     grid = (tabs.bwd_items.shape[0], bsz)
-    kern.bwd_kernel[grid](
-        q, k, v, do, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
-        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
-        h, n, qrows, krows,
-        tabs.qdesc, tabs.qpos, tabs.kdesc, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull,
-        tabs.bvis, tabs.bptr, tabs.bnfull, tabs.preds, tabs.bwd_items,
-        scale, scale * LOG2E,
-        BLOCK=blk, D=d, DV=dv, BD=_pow2(d), BDV=_pow2(dv), U=tabs.n_preds_rows,
-        num_warps=warps, num_stages=stages,
+    kern.bwd_kernel(
+        grid,
+        (q, k, v, do, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
+         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
+         h, n, qrows, krows,
+         tabs.qdesc, tabs.qpos, tabs.kdesc, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull,
+         tabs.bvis, tabs.bptr, tabs.bnfull, tabs.preds, tabs.bwd_items,
+         scale, scale * LOG2E),
+        (blk, d, dv, _pow2(d), _pow2(dv), tabs.n_preds_rows),  # BLOCK, D, DV, BD, BDV, U
+        warps, stages,
     )
-    for items in tabs.q_round_items:
-        kern.add_slots_kernel[(items.shape[0], bsz)](
-            dq, dq_s, dq, dq_s, h, n, qrows, tabs.qdesc, tabs.qpos, items,
-            BLOCK=blk, D=d, BD=_pow2(d), DV=d, BDV=_pow2(d), TWO=False, num_warps=4,
+    for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
+        kern.add_slots_kernel(
+            (items.shape[0], bsz), (dq, dq_s, dq, dq_s, h, n, qrows, tabs.qdesc, tabs.qpos, items),
+            (blk, d, _pow2(d), d, _pow2(d), False), 4, 3,
         )
     for items in tabs.k_round_items:
-        kern.add_slots_kernel[(items.shape[0], bsz)](
-            dk, dk_s, dvv, dv_s, h, n, krows, tabs.kdesc, tabs.kpos, items,
-            BLOCK=blk, D=d, BD=_pow2(d), DV=dv, BDV=_pow2(dv), TWO=True, num_warps=4,
+        kern.add_slots_kernel(
+            (items.shape[0], bsz), (dk, dk_s, dvv, dv_s, h, n, krows, tabs.kdesc, tabs.kpos, items),
+            (blk, d, _pow2(d), dv, _pow2(dv), True), 4, 3,
         )
     return dq, dk, dvv
 
