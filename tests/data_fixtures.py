@@ -294,3 +294,25 @@ def prepared_corpus(root: Path, n: int) -> Path:
     src.write_bytes(text_bytes(n))
     prepare("text", root, path=src, progress=False)
     return root
+
+
+def corpus_config(data_dir: Path, overrides: dict[str, object]):
+    """A short ``tiny-cpu`` run on the ``corpus`` dataset of :func:`prepared_corpus` in
+    ``data_dir``: ctx 32, stride 8, batch 4, 12 updates (2 of warm-up), a checkpoint every 6, a log
+    line every update, no periodic evaluation (one batch when asked); dotted ``overrides`` on top."""
+    from sparse_transformer.config import apply_overrides, get_preset
+
+    base = {
+        "data.dataset": "corpus",
+        "data.data_dir": str(data_dir),
+        "model.ctx": 32,
+        "model.stride": 8,
+        "train.batch_size": 4,
+        "train.max_steps": 12,
+        "train.warmup": 2,
+        "train.eval_interval": 0,
+        "train.eval_batches": 1,
+        "train.log_interval": 1,
+        "train.ckpt_interval": 6,
+    }
+    return apply_overrides(get_preset("tiny-cpu"), {**base, **overrides})

@@ -12,12 +12,12 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from data_fixtures import prepared_corpus
+from data_fixtures import corpus_config, prepared_corpus
 
 from sparse_transformer import checkpoint as C
 from sparse_transformer import precision
 from sparse_transformer import train as T
-from sparse_transformer.config import apply_overrides, get_preset
+from sparse_transformer.config import get_preset
 from sparse_transformer.model import ModelConfig, SparseTransformer
 from sparse_transformer.precision import apply_recompute
 
@@ -28,22 +28,7 @@ def data_dir(tmp_path_factory):
 
 
 def tiny(data_dir, **over):
-    base = {
-        "data.dataset": "corpus",
-        "data.data_dir": str(data_dir),
-        "model.ctx": 32,
-        "model.stride": 8,
-        "train.batch_size": 4,
-        "train.max_steps": 12,
-        "train.warmup": 2,
-        "train.eval_interval": 0,
-        "train.eval_batches": 1,
-        "train.log_interval": 1,
-        "train.ckpt_interval": 6,
-        "train.threads": 1,
-    }
-    base.update(over)
-    return apply_overrides(get_preset("tiny-cpu"), base)
+    return corpus_config(data_dir, {"train.threads": 1, **over})
 
 
 def events(run, kind="train"):

