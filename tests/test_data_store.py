@@ -236,3 +236,12 @@ def test_size_mismatch_is_reported(tmp_path: Path) -> None:
     (d / "train.bin").write_bytes(b"short")
     with pytest.raises(ValueError, match="size differs"):
         ByteDataset(d, "train")
+
+
+def test_prepare_expands_home_in_path(tmp_path, monkeypatch):
+    from sparse_transformer.data import prepare
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "corpus.txt").write_bytes(b"abc " * 500)
+    out = prepare("text", tmp_path / "data", path="~/corpus.txt", progress=False)
+    assert (out / "train.bin").stat().st_size > 0

@@ -77,4 +77,6 @@ def prepare(
             f"unknown option(s) {', '.join(map(repr, unknown))} for dataset {name!r}; "
             f"choose from {', '.join(allowed)}"
         )
-    return fn(Path(data_dir), path=path, progress=progress, **options)
+    if path is not None:  # "~/x.deb" reaches us unexpanded when quoted or from Python
+        path = Path(path).expanduser()
+    return fn(Path(data_dir).expanduser(), path=path, progress=progress, **options)
