@@ -127,7 +127,9 @@ def env_info() -> dict:
     import torch
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip() or os.environ.get("GIT_COMMIT", "")
+        # GIT_COMMIT first: a copied working tree (the device machine) may carry a stale .git.
+        commit = os.environ.get("GIT_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         commit = ""
     cpu = platform.processor() or platform.machine()

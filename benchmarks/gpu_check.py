@@ -12,7 +12,10 @@
    dense causal SDPA (flash) for comparison. Each default-config row is timed twice: with the
    direct launches of cached compiled kernels (``TA.DIRECT_LAUNCH``, the default) and with every
    launch through Triton's ``kernel[grid]`` binder (``*_binder`` fields), so the host overhead
-   saved shows in one run.
+   saved shows in one run; short-walk rows also with the delta pre-pass (``*_prepass``) instead of
+   rowsum(dO * O) inside the backward.
+3. ``--profile-host``: cProfile of eager strided forward+backward calls at N=4096 (host time per
+   function, per call).
 Prints a table last; writes JSON to $OUT (or --out).
 """
 
@@ -245,6 +248,72 @@ def raw_and_wall(heads, n, block, fn, q, k, v, g) -> dict:
     return out
 
 
+def delta_prepass(heads, n, block, fn, q, k, v, g) -> dict:
+    """Short-walk plans compute rowsum(dO * O) inside the backward; the same row with the
+    ``delta_kernel`` pre-pass instead (``*_prepass`` fields), for a same-run comparison."""
+    tabs = TA.kernel_tables([p.plan(n, block, DEVICE) for p in heads], DEVICE)
+    if DEVICE != "cuda" or tabs.long_walk:
+        return {}
+    import triton.testing
+
+    TA.INLINE_DELTA = False
+    try:
+        scale = 1 / math.sqrt(q.shape[-1])
+        qd, kd, vd = q.detach(), k.detach(), v.detach()
+        o, lse = TA._forward(qd, kd, vd, tabs, scale)
+        return {
+            "fb_ms_prepass": bench(fn, True, q, k, v, g),
+            "bwd_kernels_ms_prepass": float(triton.testing.do_bench(
+                lambda: TA._backward(qd, kd, vd, o, lse, g, tabs, scale), return_mode="median")),
+        }
+    finally:
+        TA.INLINE_DELTA = True
+
+
+def host_profile(n: int = 4096, calls: int = 300) -> dict:
+    """Where the host time of one eager forward+backward goes (strided case, direct launches):
+    cProfile over ``calls`` calls, the top functions by own time (us per call)."""
+    import cProfile
+    import pstats
+
+    from sparse_transformer import sparse_attention
+
+    heads = case_heads("strided", n)
+    q, k, v = (torch.randn(1, 8, n, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    g = torch.randn_like(q)
+
+    def step():
+        sparse_attention(q, k, v, heads, backend="triton").backward(g)
+        q.grad = k.grad = v.grad = None
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        step()
+    enqueue_us = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        step()
+    prof.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():
+        rows.append({"fn": f"{Path(file).name}:{line}({name})", "calls_per_step": nc / calls,
+                     "own_us": tt / calls * 1e6, "cum_us": ct / calls * 1e6})
+    rows.sort(key=lambda r: -r["own_us"])
+    out = {"n": n, "enqueue_us_per_fb_no_profiler": enqueue_us, "top_own": rows[:30],
+           "top_cum": sorted(rows, key=lambda r: -r["cum_us"])[:30]}
+    print("host", json.dumps({"enqueue_us": enqueue_us}), flush=True)
+    for r in rows[:30]:
+        print(f"host own {r['own_us']:8.1f} us cum {r['cum_us']:8.1f} us x{r['calls_per_step']:.0f} {r['fn']}", flush=True)
+    return out
+
+
 def binder_only(fn, q, k, v, g) -> dict:
     """The same calls with every launch through Triton's binder (direct launches off)."""
     if DEVICE != "cuda":
@@ -289,6 +358,7 @@ def timings(sweep, sizes) -> list[dict]:
                     row.update(raw_and_wall(heads, n, block, fn, q, k, v, g))
                     if sweep.index((c, block, fwd_cfg, bwd_cfg)) == [s[0] for s in sweep].index(case):
                         row.update(binder_only(fn, q, k, v, g))
+                        row.update(delta_prepass(heads, n, block, fn, q, k, v, g))
                     row["wall_s"] = time.time() - t0
                     row["fwd_tflops"] = 4 * npairs * 64 / row["fwd_ms"] / 1e9
                     row["fb_tflops"] = 3.5 * 4 * npairs * 64 / row["fb_ms"] / 1e9
@@ -357,9 +427,9 @@ def env() -> dict:
     if DEVICE != "cuda":
         return {"device": "cpu (Triton interpreter dry run)", "torch": torch.__version__,
                 "triton": triton.__version__, "commit": "", "date": ""}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=ROOT, check=False).stdout.strip() or os.environ.get("GIT_COMMIT", "")
+    try:  # GIT_COMMIT first: a copied working tree (the device machine) may carry a stale .git
+        commit = os.environ.get("GIT_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False).stdout.strip()
     except OSError:
         commit = ""
     return {
@@ -379,6 +449,7 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[16384, 65536])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     ap.add_argument("--dry", action="store_true", help="CPU dry run of this script (interpreter, tiny)")
+    ap.add_argument("--profile-host", action="store_true", help="cProfile of eager strided fwd+bwd at N=4096")
     args = ap.parse_args()
     if args.dry:
         global DEVICE, DTYPE
@@ -407,6 +478,11 @@ def main() -> int:
         except Exception:  # noqa: BLE001  (diagnostics only)
             traceback.print_exc()
     times = timings(sweep, args.sizes) if args.sizes != [0] else []
+    if args.profile_host and not args.dry:
+        try:
+            diag["host_profile"] = host_profile()
+        except Exception:  # noqa: BLE001  (diagnostics only)
+            traceback.print_exc()
     info["command"] = "PYTHONPATH=src python " + " ".join(["benchmarks/gpu_check.py", *sys.argv[1:]])
     info["triton_launches"] = TA.launch_stats()
     result = {"env": info, "checks": checks, "diagnostics": diag, "timings": times, "wall_s": time.time() - t0}
@@ -428,7 +504,9 @@ def main() -> int:
                   f"({r['fb_tflops']:.0f} TF/s)  peak {r['peak_mb_fb']:.0f} MB  kernels fwd "
                   f"{r.get('fwd_kernels_ms', 0):.3f} bwd {r.get('bwd_kernels_ms', 0):.3f} wall f+b {r.get('wall_fb_ms', 0):.3f}"
                   + (f" | binder: fwd {r['fwd_ms_binder']:.3f} f+b {r['fb_ms_binder']:.3f} wall f+b "
-                     f"{r['wall_fb_ms_binder']:.3f}" if "fb_ms_binder" in r else ""))
+                     f"{r['wall_fb_ms_binder']:.3f}" if "fb_ms_binder" in r else "")
+                  + (f" | delta pre-pass: f+b {r['fb_ms_prepass']:.3f} bwd kernels {r['bwd_kernels_ms_prepass']:.3f}"
+                     if "fb_ms_prepass" in r else ""))
         else:
             print(f"TIME {r['case']:8s} n={r['n']:6d} fwd {r['fwd_ms']:.3f} ms  f+b {r['fb_ms']:.3f} ms")
     print(f"total {time.time() - t0:.0f}s")

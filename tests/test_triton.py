@@ -89,6 +89,17 @@ def test_three_part_union_and_head_dim_padding():
         assert_close_to_reference(q, k, v, P.union(P.local(8), P.strided(16), P.block(32)), "triton")
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["delta-inline", "delta-prepass"])
+def test_backward_delta_inline_or_prepass(monkeypatch, inline):
+    """rowsum(dO * O) inside the backward programs (short walks) or from the delta pre-pass."""
+    monkeypatch.setattr(TA, "INLINE_DELTA", inline)
+    q, k, v = qkv(1, 2, 97, 32, torch.float32, seed=8)
+    atol = 2e-2 if DEVICE == "cuda" else None
+    with _Block16():
+        assert_close_to_reference(q, k, v, P.union(*P.factorized("fixed", 32, 8)), "triton", atol=atol)
+        assert_close_to_reference(q, k, v, [P.local(16), P.strided(16)], "triton", atol=atol)
+
+
 def test_default_block_and_scale():
     q, k, v = qkv(1, 2, 80, 32, torch.float32, seed=4)
     assert_close_to_reference(q, k, v, P.union(*P.factorized("strided", 16)), "triton", scale=0.3)

@@ -73,6 +73,7 @@ CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
     ("bwd", 128): (8, 2, 1),
 }
 LONG_WALK = 8  # mean visits per query tile from which a plan list counts as "long"
+INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no delta pre-pass)
 
 
 _CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 8.0 (asked once)
@@ -628,10 +629,17 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     bsz, h, n, d = q.shape
     dv = v.shape[-1]
     blk = tabs.block
-    delta = torch.empty_like(lse)
-    kern.delta_kernel(
-        (triton_cdiv(n, 128), bsz * h), (o, do, delta, h, n, *_strides3(do)), (128, dv, _pow2(dv)), 4, 3,
-    )
+    # Short walks (each query tile visited by few key tiles): rowsum(dO * O) is computed inside the
+    # backward programs, one launch less. Long walks (the fixed pattern's summary columns) would
+    # recompute it for every visit, so they keep the pre-pass.
+    inline_delta = INLINE_DELTA and not tabs.long_walk
+    if inline_delta:
+        delta = lse  # not read
+    else:
+        delta = torch.empty_like(lse)
+        kern.delta_kernel(
+            (triton_cdiv(n, 128), bsz * h), (o, do, delta, h, n, *_strides3(do)), (128, dv, _pow2(dv)), 4, 3,
+        )
     dq = torch.empty(bsz, h, n, d, device=q.device, dtype=q.dtype)
     alloc = torch.zeros if tabs.zero_dkv else torch.empty
     dk = alloc(bsz, h, n, d, device=q.device, dtype=k.dtype)
@@ -648,13 +656,13 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     grid = (tabs.bwd_items.shape[0], bsz)
     kern.bwd_kernel(
         grid,
-        (q, k, v, do, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
+        (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
          *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
          h, n, qrows, krows,
          tabs.qdesc, tabs.qpos, tabs.kdesc, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull,
          tabs.bvis, tabs.bptr, tabs.bnfull, tabs.preds, tabs.bwd_items,
          scale, scale * LOG2E),
-        (blk, d, dv, _pow2(d), _pow2(dv), tabs.n_preds_rows),  # BLOCK, D, DV, BD, BDV, U
+        (blk, d, dv, _pow2(d), _pow2(dv), tabs.n_preds_rows, inline_delta),  # BLOCK D DV BD BDV U INLINE_DELTA
         warps, stages,
     )
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO

@@ -1,8 +1,8 @@
 """The Triton kernels behind :mod:`.triton_attention` (imported lazily: importing this imports Triton).
 
 Helpers first (tile rows, element predicates), then the kernels: ``fwd_kernel``, ``merge_kernel``
-(log-sum-exp merge of segment slots), ``delta_kernel`` (rowsum(dO * O)), ``bwd_kernel`` (dK/dV and
-dQ programs in one launch) and ``add_slots_kernel`` (slot reduction). Tables and their meaning:
+(log-sum-exp merge of segment slots), ``delta_kernel`` (rowsum(dO * O); for long-walk plans only,
+short walks compute it inside the backward), ``bwd_kernel`` (dK/dV and dQ programs in one launch) and ``add_slots_kernel`` (slot reduction). Tables and their meaning:
 :mod:`.triton_attention`. Scores live in the log2 domain (``qk_scale = scale * log2(e)``, exp2);
 the saved log-sum-exp is log2-based too.
 """
@@ -251,15 +251,17 @@ def delta_kernel(O, DO, DELTA, H, N, sdb, sdh, sdn, BLOCK: tl.constexpr, DV: tl.
 
 @triton.jit
 def _bwd_dkdv(
-    Q, K, V, DO, DK, DV_, LSE, DELTA, DKS, DVS,
+    Q, K, V, DO, O, DK, DV_, LSE, DELTA, DKS, DVS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
     b, h, bh, N, KROWS, kt,
     qpos, kdesc, kpos, bvis, bptr, bnfull, preds,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    U: tl.constexpr,
+    U: tl.constexpr, INLINE_DELTA: tl.constexpr,
 ):
-    """dK, dV of key tile ``kt``: walk the query tiles that see it (transposed visit list)."""
+    """dK, dV of key tile ``kt``: walk the query tiles that see it (transposed visit list).
+    INLINE_DELTA: rowsum(dO * O) of each visited query tile computed here (short walks) instead of
+    read from the ``delta_kernel`` pre-pass."""
     offs = tl.arange(0, BLOCK)
     od = tl.arange(0, BD)
     odv = tl.arange(0, BDV)
@@ -270,6 +272,7 @@ def _bwd_dkdv(
     dob = DO + b * sdb + h * sdh
     lb = LSE + bh * N
     db = DELTA + bh * N
+    ob = O + bh * N * DV
     dk = tl.zeros([BLOCK, BD], tl.float32)
     dv = tl.zeros([BLOCK, BDV], tl.float32)
     e0 = tl.load(bptr + kt)
@@ -280,7 +283,11 @@ def _bwd_dkdv(
         q = _load_rows(qb, qi, sqn, od, D, BD, False)
         do = _load_rows(dob, qi, sdn, odv, DV, BDV, False)
         lse = tl.load(lb + qi)
-        dl = tl.load(db + qi)
+        if INLINE_DELTA:
+            o = _load_rows(ob, qi, DV, odv, DV, BDV, False)
+            dl = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        else:
+            dl = tl.load(db + qi)
         pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
         dv += tl.dot(pT.to(do.dtype), do)
         dsT = pT * (tl.dot(v, tl.trans(do)) - dl[None, :])
@@ -292,7 +299,11 @@ def _bwd_dkdv(
         do = _load_rows(dob, qi, sdn, odv, DV, BDV, True)
         qv = qi >= 0
         lse = tl.load(lb + qi, mask=qv, other=0.0)
-        dl = tl.load(db + qi, mask=qv, other=0.0)
+        if INLINE_DELTA:
+            o = _load_rows(ob, qi, DV, odv, DV, BDV, True)
+            dl = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        else:
+            dl = tl.load(db + qi, mask=qv, other=0.0)
         ok = _allowed(preds, code, qi, kj, U, True)
         pT = tl.where(ok, tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :]), 0.0)
         dv += tl.dot(pT.to(do.dtype), do)
@@ -317,13 +328,13 @@ def _bwd_dkdv(
 
 @triton.jit
 def _bwd_dq(
-    Q, K, V, DO, DQ, LSE, DELTA, DQS,
+    Q, K, V, DO, O, DQ, LSE, DELTA, DQS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
     b, h, bh, N, QROWS, t,
     qdesc, qpos, kpos, fvis, fptr, fnfull, preds,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    U: tl.constexpr,
+    U: tl.constexpr, INLINE_DELTA: tl.constexpr,
 ):
     """dQ of query tile ``t``: walk its visit list again."""
     offs = tl.arange(0, BLOCK)
@@ -334,7 +345,11 @@ def _bwd_dq(
     q = _load_rows(Q + b * sqb + h * sqh, qi, sqn, od, D, BD, True)
     do = _load_rows(DO + b * sdb + h * sdh, qi, sdn, odv, DV, BDV, True)
     lse = tl.load(LSE + bh * N + qi, mask=qv, other=0.0)
-    dl = tl.load(DELTA + bh * N + qi, mask=qv, other=0.0)
+    if INLINE_DELTA:
+        o = _load_rows(O + bh * N * DV, qi, DV, odv, DV, BDV, True)
+        dl = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    else:
+        dl = tl.load(DELTA + bh * N + qi, mask=qv, other=0.0)
     kb = K + b * skb + h * skh
     vb = V + b * svb + h * svh
     dq = tl.zeros([BLOCK, BD], tl.float32)
@@ -371,15 +386,16 @@ def _bwd_dq(
 
 @triton.jit
 def bwd_kernel(
-    Q, K, V, DO, DQ, DK, DV_, LSE, DELTA, DQS, DKS, DVS,
+    Q, K, V, DO, O, DQ, DK, DV_, LSE, DELTA, DQS, DKS, DVS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
     H, N, QROWS, KROWS,
     qdesc, qpos, kdesc, kpos, fvis, fptr, fnfull, bvis, bptr, bnfull, preds, items,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    U: tl.constexpr,
+    U: tl.constexpr, INLINE_DELTA: tl.constexpr,
 ):
-    """One launch: item kind 0 computes a key tile's dK, dV; kind 1 a query tile's dQ."""
+    """One launch: item kind 0 computes a key tile's dK, dV; kind 1 a query tile's dQ. O is the
+    forward output (contiguous); with INLINE_DELTA, DELTA is not read (no pre-pass ran)."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.load(items + 3 * pid).to(tl.int64)
@@ -388,19 +404,19 @@ def bwd_kernel(
     bh = b * H + h
     if kind == 0:
         _bwd_dkdv(
-            Q, K, V, DO, DK, DV_, LSE, DELTA, DKS, DVS,
+            Q, K, V, DO, O, DK, DV_, LSE, DELTA, DKS, DVS,
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, KROWS, tile,
             qpos, kdesc, kpos, bvis, bptr, bnfull, preds,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, U,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, U, INLINE_DELTA,
         )
     else:
         _bwd_dq(
-            Q, K, V, DO, DQ, LSE, DELTA, DQS,
+            Q, K, V, DO, O, DQ, LSE, DELTA, DQS,
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, QROWS, tile,
             qdesc, qpos, kpos, fvis, fptr, fnfull, preds,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, U,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, U, INLINE_DELTA,
         )
 
 
