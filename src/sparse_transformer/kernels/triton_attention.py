@@ -395,7 +395,6 @@ def kernel_tables(plans: list[BlockPlan], device) -> KernelTables:
 DIRECT_LAUNCH_VERSIONS = ((3, 6),)
 DIRECT_LAUNCH = True  # set False to launch every call through Triton's binder (benchmarks compare)
 
-_INT32 = (-(2**31), 2**31)
 _INT64 = (-(2**63), 2**63)
 
 
@@ -408,26 +407,33 @@ def spec_key(args) -> tuple:
     warps, stages and device) run the same compiled kernel. The key is at least as fine as Triton's
     own specialization, never coarser.
     """
-    return tuple([_arg_key(a) for a in args])
+    key = []
+    add = key.append
+    tensor = torch.Tensor
+    for a in args:  # one loop, no call per argument: this runs on every launch
+        t = type(a)
+        if t is int:
+            kind = "i32" if -2147483648 <= a < 2147483648 else "i64" if _INT64[0] <= a < _INT64[1] else "u64"
+            add((kind, a == 1, a % 16 == 0))
+        elif t is float:
+            add("fp")
+        elif isinstance(a, tensor):
+            add((a.dtype, a.data_ptr() % 16 == 0))
+        else:
+            add(_other_key(a))
+    return tuple(key)
 
 
-def _arg_key(a):
-    t = type(a)
-    if t is int:
-        if _INT32[0] <= a < _INT32[1]:
-            return ("i32", a == 1, a % 16 == 0)
-        return ("i64" if _INT64[0] <= a < _INT64[1] else "u64", a == 1, a % 16 == 0)
-    if t is float:
-        return "fp"
-    if isinstance(a, torch.Tensor):
-        return (a.dtype, a.data_ptr() % 16 == 0)
-    if t is bool:
+def _other_key(a):
+    if type(a) is bool:
         return ("i1", a)
     if a is None:
         return None
     if isinstance(a, int):  # int subclasses other than bool
-        return _arg_key(int(a))
-    return (t.__name__, a)
+        return spec_key((int(a),))[0]
+    if isinstance(a, float):
+        return "fp"
+    return (type(a).__name__, a)
 
 
 def _direct_launch_supported(triton_module) -> tuple[bool, str]:
