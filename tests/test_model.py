@@ -105,6 +105,19 @@ def test_init_uniform_prediction_and_statistics():
     assert m.lm_head.weight.grad.abs().sum() > 0
 
 
+def test_gpt2_init():
+    cfg = small(n_layer=4, d_model=64, n_head=4, init="gpt2")
+    torch.manual_seed(0)
+    m = SparseTransformer(cfg)
+    b = m.blocks[1]
+    assert b.attn.in_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert b.mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.05)
+    assert m.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.count_nonzero(m.lm_head.weight) == 0
+    with pytest.raises(ValueError, match="model.init"):
+        small(init="xavier")
+
+
 def test_enwik8_parameter_count():
     """The paper's EnWik8 model (30 L, 8 H, d 512, FF 4d, ctx 12288, l 128): 95M (spec 5.4)."""
     cfg = ModelConfig(

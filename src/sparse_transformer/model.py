@@ -25,6 +25,8 @@ from .attention import MODES, Attend, SparseSelfAttention, layer_patterns
 from .kernels import BACKENDS
 from .patterns import PATTERN_NAMES, Pattern
 
+INITS = ("paper", "gpt2")
+
 log = logging.getLogger(__name__)
 
 __all__ = ["MLP", "Block", "ModelConfig", "SparseTransformer"]
@@ -47,6 +49,7 @@ class ModelConfig:
     dropout: float = 0.0  # at the end of each residual branch
     data_shape: tuple[int, ...] = ()  # factorized position dims; () = (ceil(ctx/stride), stride)
     backend: str = "auto"  # attention backend for training/eval
+    init: str = "paper"  # paper | gpt2 (see SparseTransformer.init_weights)
 
     def __post_init__(self):
         # JSON round trips give lists; keep the frozen dataclass hashable.
@@ -85,6 +88,8 @@ def _validate(cfg: ModelConfig) -> None:
         )
     if cfg.mode not in MODES:
         raise ValueError(f"unknown model.mode {cfg.mode!r}; choose from {', '.join(MODES)}")
+    if cfg.init not in INITS:
+        raise ValueError(f"unknown model.init {cfg.init!r}; choose from {', '.join(INITS)}")
     if cfg.backend not in BACKENDS:
         raise ValueError(
             f"unknown model.backend {cfg.backend!r}; choose from {', '.join(BACKENDS)}"
@@ -203,11 +208,17 @@ class SparseTransformer(nn.Module):
           would give 0.09, an order of magnitude off the code.
         * W_out: zeros, so the initial prediction is uniform (loss ln 256). LayerNorms: gain 1,
           bias 0.
+
+        ``cfg.init = "gpt2"`` instead draws every weight and embedding with std 0.02 and W_p, W_2
+        with 0.02 / sqrt(2N) (GPT-2's scheme: the same 1/sqrt(2N) residual scaling, larger
+        embeddings); W_out stays zero. On byte-level text it leaves the early loss plateau sooner
+        (docs/reproduction.md).
         """
         d, n_layer = self.cfg.d_model, self.cfg.n_layer
-        nn.init.normal_(self.wte.weight, std=0.125 / math.sqrt(d))
+        gpt2 = self.cfg.init == "gpt2"
+        nn.init.normal_(self.wte.weight, std=0.02 if gpt2 else 0.125 / math.sqrt(d))
         for table in self.wpe:
-            nn.init.normal_(table.weight, std=0.125 / math.sqrt(d * len(self.wpe)))
+            nn.init.normal_(table.weight, std=0.02 if gpt2 else 0.125 / math.sqrt(d * len(self.wpe)))
         for block in self.blocks:
             for lin, extra in (
                 (block.attn.in_proj, 1.0),
@@ -215,7 +226,8 @@ class SparseTransformer(nn.Module):
                 (block.mlp.fc, 1.0),
                 (block.mlp.proj, 2 * n_layer),
             ):
-                nn.init.normal_(lin.weight, std=math.sqrt(0.125 / (lin.in_features * extra)))
+                std = 0.02 / math.sqrt(extra) if gpt2 else math.sqrt(0.125 / (lin.in_features * extra))
+                nn.init.normal_(lin.weight, std=std)
                 nn.init.zeros_(lin.bias)
             for ln in (block.ln1, block.ln2):
                 nn.init.ones_(ln.weight)
