@@ -25,6 +25,7 @@ Writes JSON (rows, curves, environment, command), a Markdown table and a PNG of 
     PYTHONPATH=src python benchmarks/reproduce.py --half text --budget-s 300 --out results/
     PYTHONPATH=src python benchmarks/reproduce.py --half images --budget-s 200 --out results/
     PYTHONPATH=src python benchmarks/reproduce.py --half text --device cpu --smoke --out /tmp/r
+    python benchmarks/reproduce.py --replot results/reproduce-text.json   # table + figure again
 """
 
 from __future__ import annotations
@@ -193,12 +194,31 @@ def to_markdown(doc: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def write_report(doc: dict, out: Path, name: str) -> str:
+    """``name``.md (the table) and ``name``.png (the curves) in ``out``; returns the table."""
+    from sparse_transformer.plots import curves_figure
+
+    md = to_markdown(doc)
+    (out / f"{name}.md").write_text(md)
+    try:
+        curves_figure(
+            {r["label"]: r["curves"] for r in doc["rows"]}, out / f"{name}.png",
+            unit=HALVES[doc["half"]][1],
+            title=f"{doc['dataset']}, context {doc['ctx']:,}: {doc['steps']:,} updates per model",
+        )  # fmt: skip
+    except ValueError as e:  # matplotlib missing: the table still stands
+        print(f"no figure: {e}", file=sys.stderr)
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--half", required=True, choices=sorted(HALVES))
+    ap.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                    help="write the .md and .png of a finished run's JSON again, then stop")
+    ap.add_argument("--half", choices=sorted(HALVES))
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     ap.add_argument("--data-dir", default="data")
-    ap.add_argument("--out", type=Path, required=True, help="folder for the JSON, .md and .png")
+    ap.add_argument("--out", type=Path, default=None, help="folder for the JSON, .md and .png")
     ap.add_argument("--name", default=None, help="file name stem (default: reproduce-<half>)")
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: OUT/runs-<half>)")
     ap.add_argument("--patterns", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -211,9 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.replot is not None:
+        try:
+            doc = json.loads(args.replot.read_text())
+            print(write_report(doc, args.replot.parent, args.replot.stem))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: cannot replot {args.replot}: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if args.half is None or args.out is None:
+        ap.error("--half and --out are required (or --replot JSON)")
 
     from sparse_transformer.config import apply_overrides, get_preset
-    from sparse_transformer.plots import curves_figure
     from sparse_transformer.train import DataNotPreparedError, open_dataset
 
     preset = HALVES[args.half][0]
@@ -284,16 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, r in rows.items() if r["ms_per_step"]
         }  # fmt: skip
     _write(args.out / f"{name}.json", doc)
-    md = to_markdown(doc)
-    (args.out / f"{name}.md").write_text(md)
-    try:
-        curves_figure(
-            {r["label"]: r["curves"] for r in doc["rows"]}, args.out / f"{name}.png",
-            unit=HALVES[args.half][1],
-            title=f"{doc['dataset']}, context {doc['ctx']:,}: {steps:,} updates per model",
-        )  # fmt: skip
-    except ValueError as e:  # matplotlib missing: the table still stands
-        print(f"no figure: {e}", file=sys.stderr)
+    md = write_report(doc, args.out, name)
     print(md)
     return 0 if all(math.isfinite(r["val_bits"]) for r in doc["rows"]) else 1
 

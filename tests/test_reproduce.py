@@ -74,3 +74,21 @@ def test_choose_steps_and_step_time():
     events.insert(2, {"event": "eval", "val_bpb": 3.0})
     assert reproduce.step_time_ms(events) == 11
     assert reproduce.step_time_ms([]) is None
+
+
+def test_replot_rewrites_table_and_figure(tmp_path):
+    doc = {
+        "half": "images", "dataset": "fashion-mnist", "ctx": 784, "batch": 2, "steps": 2,
+        "command": "x", "env": {"device": "cpu"},
+        "rows": [{"pattern": "dense", "label": "dense", "params": 1, "val_bits": 3.0,
+                  "val_tokens": 10, "ms_per_step": 2.0,
+                  "curves": [{"event": "train", "step": 1, "bpb": 8.0, "elapsed_s": 0.1},
+                             {"event": "eval", "step": 2, "val_bpb": 7.0},
+                             {"event": "train", "step": 2, "bpb": 7.5, "elapsed_s": 0.2}]}],
+    }  # fmt: skip
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    assert reproduce.main(["--replot", str(path)]) == 0
+    assert "| dense | 3.000 | 2.0 | 1.00 |" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert reproduce.main(["--replot", str(tmp_path / "missing.json")]) == 2

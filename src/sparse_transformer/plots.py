@@ -93,6 +93,8 @@ def curves_figure(runs: dict[str, list[dict]], out: str | Path, *, unit: str = "
     ``runs`` maps a label to the run's ``metrics.jsonl`` events (dicts with ``event`` "train"
     (``step``, ``bpb``, ``elapsed_s``) or "eval" (``step``, ``val_bpb``)).
     """
+    import numpy as np
+
     plt = _pyplot()
     if not runs:
         raise ValueError("curves_figure needs at least one run")
@@ -101,16 +103,17 @@ def curves_figure(runs: dict[str, list[dict]], out: str | Path, *, unit: str = "
         color = f"C{i}"
         train = [e for e in events if e.get("event") == "train"]
         evals = [e for e in events if e.get("event") == "eval"]
-        elapsed = {e["step"]: e["elapsed_s"] for e in train}
         axes[0].plot([e["step"] for e in train], [e["bpb"] for e in train], color=color, lw=0.8,
                      alpha=0.6)  # fmt: skip
         axes[0].plot([e["step"] for e in evals], [e["val_bpb"] for e in evals], "o-", color=color,
                      ms=4, label=label)  # fmt: skip
         axes[1].plot([e["elapsed_s"] for e in train], [e["bpb"] for e in train], color=color,
                      lw=0.8, alpha=0.6)  # fmt: skip
-        timed = [e for e in evals if e["step"] in elapsed]
-        axes[1].plot([elapsed[e["step"]] for e in timed], [e["val_bpb"] for e in timed], "o-",
-                     color=color, ms=4, label=label)  # fmt: skip
+        # An evaluation's time: interpolated between the training log events around it.
+        steps, secs = [e["step"] for e in train], [e["elapsed_s"] for e in train]
+        timed = [(float(np.interp(e["step"], steps, secs)), e["val_bpb"]) for e in evals if steps]
+        axes[1].plot([t for t, _ in timed], [v for _, v in timed], "o-", color=color, ms=4,
+                     label=label)  # fmt: skip
     vals = [e["val_bpb"] for ev in runs.values() for e in ev if e.get("event") == "eval"]
     if vals:  # the start (8 bits) would flatten the part worth seeing
         top = sorted(vals)[len(vals) // 2] if len(vals) > 2 else max(vals)
