@@ -171,3 +171,20 @@ def test_auto_sends_dense_heads_to_sdpa_on_cuda(monkeypatch):
     assert calls, "auto should call SDPA for all-dense heads"
     ref = sparse_attention(q.double(), k.double(), v.double(), P.dense(), backend="reference")
     assert (out.double() - ref).abs().max() < 2e-2
+
+
+def test_dispatch_route_is_cached_and_checked():
+    from sparse_transformer import kernels
+
+    kernels._ROUTES.clear()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 70, 8, generator=g) for _ in range(3))
+    pats = [P.local(8), P.strided(8), P.local(8), P.strided(8)]
+    a = sparse_attention(q, k, v, pats, backend="torch")
+    b = sparse_attention(q, k, v, pats, backend="torch")
+    assert len(kernels._ROUTES) == 1 and torch.equal(a, b)
+    # Equal patterns in new objects: a new route, the same answer (heads regrouped in order).
+    c = sparse_attention(q, k, v, [P.local(8), P.strided(8), P.local(8), P.strided(8)], backend="torch")
+    torch.testing.assert_close(a, c)
+    ref = sparse_attention(q.double(), k.double(), v.double(), pats, backend="reference")
+    torch.testing.assert_close(a.double(), ref, atol=1e-5, rtol=1e-5)

@@ -72,8 +72,21 @@ def backend_available(name: str, device: torch.device | str = "cpu") -> bool:
     return bool(check(device)) if check else True
 
 
+_RESOLVED: dict[tuple, str] = {}
+
+
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend for a request ('auto' resolved), or ValueError."""
+    """The concrete backend for a request ('auto' resolved), or ValueError. Cached per backend,
+    device and TRITON_INTERPRET setting (the answer costs imports and CUDA queries)."""
+    device = torch.device(device)
+    key = (backend, device.type, device.index, os.environ.get("TRITON_INTERPRET"))
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _RESOLVED[key] = _resolve_backend(backend, device)
+    return name
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     device = torch.device(device)
@@ -157,26 +170,53 @@ def sparse_attention(
     if n == 0:
         return q.new_zeros(*q.shape[:3], v.shape[-1])
     mod = _module(name)
-    distinct = list(dict.fromkeys(pats))
-    if name == "reference":
-        plans = {p: p for p in distinct}
-    else:
-        plans = {p: p.plan(n, plan_block(name, p), q.device) for p in distinct}
-    if len(distinct) == 1:
-        return mod.attention(q, k, v, plans[distinct[0]], scale)
+    route = _route(name, pats, n, q.device)
+    if len(route.distinct) == 1:
+        return mod.attention(q, k, v, route.plans[0], scale)
     multi = getattr(mod, "attention_multihead", None)
     if multi is not None:
-        return multi(q, k, v, [plans[p] for p in pats], scale)
+        return multi(q, k, v, [route.plans[i] for i in route.head_plan], scale)
     # Group the heads by pattern, run each group, put the heads back in order.
-    out = q.new_empty(*q.shape[:3], v.shape[-1])
-    outs, index = [], []
-    for p in distinct:
-        idx = [h for h, hp in enumerate(pats) if hp == p]
-        sel = torch.tensor(idx, device=q.device)
-        outs.append(mod.attention(q[:, sel], k[:, sel], v[:, sel], plans[p], scale))
-        index.extend(idx)
-    del out
-    cat = torch.cat(outs, dim=1)
-    inv = torch.empty(heads, dtype=torch.long)
-    inv[torch.tensor(index)] = torch.arange(heads)
-    return cat[:, inv.to(q.device)]
+    outs = [
+        mod.attention(q[:, sel], k[:, sel], v[:, sel], plan, scale)
+        for sel, plan in zip(route.groups, route.plans)
+    ]
+    return torch.cat(outs, dim=1)[:, route.inverse]
+
+
+class _Route:
+    """What one (backend, per-head patterns, n, device) call needs besides the tensors: the
+    distinct patterns, their plans, each head's plan, and the head groups as index tensors on the
+    device (built once: no per-call host-to-device copies, so calls can be graph-captured)."""
+
+    def __init__(self, name: str, pats: list[Pattern], n: int, device: torch.device):
+        self.patterns = tuple(pats)
+        self.distinct = list(dict.fromkeys(pats))
+        if name == "reference":
+            self.plans = list(self.distinct)
+        else:
+            self.plans = [p.plan(n, plan_block(name, p), device) for p in self.distinct]
+        slot = {p: i for i, p in enumerate(self.distinct)}
+        self.head_plan = [slot[p] for p in pats]
+        index = [[h for h, i in enumerate(self.head_plan) if i == g] for g in range(len(self.distinct))]
+        self.groups = [torch.tensor(idx, device=device) for idx in index]
+        order = torch.tensor([h for idx in index for h in idx])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        self.inverse = inverse.to(device)
+
+
+_ROUTES: dict[tuple, _Route] = {}
+_MAX_ROUTES = 256
+
+
+def _route(name: str, pats: list[Pattern], n: int, device: torch.device) -> _Route:
+    """The cached :class:`_Route` (keyed by the patterns' identities, checked on a hit)."""
+    key = (name, n, str(device), tuple(map(id, pats)))
+    hit = _ROUTES.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit.patterns, pats)):
+        return hit
+    if len(_ROUTES) >= _MAX_ROUTES:
+        _ROUTES.clear()
+    route = _ROUTES[key] = _Route(name, pats, n, device)
+    return route
