@@ -201,6 +201,14 @@ def _load(checkpoint: str, device: str):
     return load_model(checkpoint, device=resolve_device(device))
 
 
+def _open_run(args: argparse.Namespace, extras: list[str]):
+    """(model, config) of ``--checkpoint`` for eval/sample; no extra arguments allowed."""
+    if extras:
+        raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
+    model = _load(args.checkpoint, args.device)
+    return model, _run_config(model, args.data_dir)
+
+
 def _run_config(model, data_dir: str | None):
     from .config import apply_overrides
 
@@ -218,10 +226,7 @@ def cmd_eval(args: argparse.Namespace, extras: list[str]) -> int:
     from .evaluate import evaluate
     from .train import open_dataset
 
-    if extras:
-        raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
-    model = _load(args.checkpoint, args.device)
-    cfg = _run_config(model, args.data_dir)
+    model, cfg = _open_run(args, extras)
     ds = open_dataset(cfg, args.split)
     r = evaluate(
         model, ds, min_context=args.min_context, batch_size=args.batch_size,
@@ -414,10 +419,7 @@ def _generate(model, idx, length: int, **kw: Any):
 def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
     import torch
 
-    if extras:
-        raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
-    model = _load(args.checkpoint, args.device)
-    cfg = _run_config(model, args.data_dir)
+    model, cfg = _open_run(args, extras)
     meta = _dataset_meta(cfg)
     kind = meta.get("kind", "text")
     if args.complete is not None and kind != "image":

@@ -388,6 +388,10 @@ register_preset(
 # c = 4. Heads merged for both sparse patterns; no dropout (far below one epoch of images and a
 # few passes over the text: under-fitting, not over-fitting, is the regime); bf16 autocast.
 # `benchmarks/reproduce.py` may lower max_steps to fit its time budget (the same for all three).
+_TABLE2_TRAIN = TrainConfig(
+    max_steps=2000, batch_size=8, lr=1e-3, beta2=0.99, warmup=100, eval_interval=200,
+    eval_batches=4, log_interval=20, ckpt_interval=0, keep_last=1, precision="bf16",
+)  # fmt: skip
 register_preset(
     "table2-text",
     Config(
@@ -396,10 +400,7 @@ register_preset(
             mode="merged",
         ),
         data=DataConfig(dataset="gcide"),
-        train=TrainConfig(
-            max_steps=2000, batch_size=8, lr=1e-3, beta2=0.99, warmup=100, eval_interval=200,
-            eval_batches=4, log_interval=20, ckpt_interval=0, keep_last=1, precision="bf16",
-        ),
+        train=_TABLE2_TRAIN,
         sample=SampleConfig(length=1000, temperature=0.8),
     ),
 )  # fmt: skip
@@ -411,10 +412,7 @@ register_preset(
             mode="merged", data_shape=(28, 28, 1),
         ),
         data=DataConfig(dataset="fashion-mnist"),
-        train=TrainConfig(
-            max_steps=3000, batch_size=32, lr=1e-3, beta2=0.99, warmup=100, eval_interval=300,
-            eval_batches=4, log_interval=20, ckpt_interval=0, keep_last=1, precision="bf16",
-        ),
+        train=dataclasses.replace(_TABLE2_TRAIN, max_steps=3000, batch_size=32, eval_interval=300),
         sample=SampleConfig(num=16, temperature=1.0),
     ),
 )  # fmt: skip

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .data import IMAGE_START_BYTE, image_grid, write_wav
 from .data.store import atomic_write_bytes
-from .sample import KVCache, prefill, step
+from .sample import KVCache, pick_token, prefill, step
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,6 @@ GRID_LINES = 255
 # --------------------------------------------------------------------------------------------
 # The sampling loop
 # --------------------------------------------------------------------------------------------
-
-
-def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if generator is not None and generator.device != probs.device:
-        return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(
-            probs.device
-        )
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 @torch.no_grad()
@@ -129,7 +118,7 @@ def sample_bytes(
         logits = prefill(net, out[:, :T0], cache)[:, -1]
         with tqdm(total=length, disable=not progress, unit="tok", desc=desc) as bar:
             for s in range(length):
-                tok = _pick(logits, temperature, generator)
+                tok = pick_token(logits, temperature, generator)
                 out[:, T0 + s] = tok
                 if s + 1 < length:
                     logits = step(net, tok, cache)

@@ -35,7 +35,7 @@ from .patterns import Pattern
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KVCache", "generate", "incremental_logits", "prefill", "step"]
+__all__ = ["KVCache", "generate", "incremental_logits", "pick_token", "prefill", "step"]
 
 
 def _unwrap(model) -> SparseTransformer:
@@ -196,9 +196,11 @@ def incremental_logits(
     return torch.cat(out, dim=1)
 
 
-def _pick(
+def pick_token(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None
 ) -> torch.Tensor:
+    """The next token of each row: argmax at temperature 0, else a draw from softmax(logits / T)
+    (with ``generator``, on the generator's device)."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -274,7 +276,7 @@ def generate(
             out[:, :T0] = idx
             with tqdm(total=length, disable=not progress, unit="tok", desc="sample") as bar:
                 for s in range(length):
-                    tok = _pick(logits, temperature, generator)
+                    tok = pick_token(logits, temperature, generator)
                     out[:, T0 + s] = tok
                     if s + 1 < length:
                         logits = step(net, tok, cache)

@@ -89,7 +89,6 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    device = torch.device(device)
     if backend == "auto":
         if device.type == "cuda" and backend_available("triton", device):
             return "triton"
