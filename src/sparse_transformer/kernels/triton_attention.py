@@ -72,6 +72,9 @@ CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
     ("bwd", 64): (4, 2, 1),
     ("bwd", 128): (8, 2, 1),
 }
+# Register cap per (kernel, tile size) (ptxas ``maxnreg``; None: Triton's default). A lower cap
+# lets more programs share a multiprocessor, which helps the latency-bound short walks.
+MAXNREG: dict[tuple[str, int], int | None] = {}
 LONG_WALK = 8  # mean visits per query tile from which a plan list counts as "long"
 INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no delta pre-pass)
 
@@ -510,14 +513,15 @@ class _Launcher:
             return False
         return all(bool(getattr(p, "is_constexpr", False)) == (i >= n_args) for i, p in enumerate(params))
 
-    def __call__(self, grid: tuple, args: tuple, consts: tuple, num_warps: int, num_stages: int) -> None:
+    def __call__(self, grid: tuple, args: tuple, consts: tuple, num_warps: int, num_stages: int,
+                 maxnreg: int | None = None) -> None:
         key = None
         if self._ok():
             st = self.state
             rt = st["runtime"]
             if _hooks_idle(rt.launch_enter_hook) and _hooks_idle(rt.launch_exit_hook):
                 device = torch.cuda.current_device()
-                key = (consts, num_warps, num_stages, device, spec_key(args))
+                key = (consts, num_warps, num_stages, maxnreg, device, spec_key(args))
                 k = self.compiled.get(key)
                 if k is not None:
                     try:
@@ -528,7 +532,8 @@ class _Launcher:
                     except Exception as e:  # noqa: BLE001  (any mismatch: fall back for good)
                         self._disable(f"direct launch of {self.fn.__name__} failed ({type(e).__name__}: {e})")
                         key = None
-        k = self.fn[grid](*args, *consts, num_warps=num_warps, num_stages=num_stages)
+        extra = {} if maxnreg is None else {"maxnreg": maxnreg}
+        k = self.fn[grid](*args, *consts, num_warps=num_warps, num_stages=num_stages, **extra)
         self.n_triton += 1
         if key is not None and self._ok():
             usable = all(hasattr(k, a) for a in ("function", "packed_metadata", "run")) and k.function is not None
@@ -581,10 +586,10 @@ def launch_stats() -> dict:
     return {"direct_ok": bool(st.get("ok")) and DIRECT_LAUNCH, "reason": st.get("reason", ""), **_K.stats()}
 
 
-def _config(kind: str, tabs: KernelTables) -> tuple[int, int]:
-    """(num_warps, num_stages) for a kernel over these tables."""
+def _config(kind: str, tabs: KernelTables) -> tuple[int, int, int | None]:
+    """(num_warps, num_stages, maxnreg) for a kernel over these tables."""
     warps, long_stages, short_stages = CONFIGS.get((kind, tabs.block), (4, 2, 1))
-    return warps, long_stages if tabs.long_walk else short_stages
+    return warps, long_stages if tabs.long_walk else short_stages, MAXNREG.get((kind, tabs.block))
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
@@ -608,7 +613,7 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
         lse_s = torch.empty(bsz, h, rows, device=q.device, dtype=torch.float32)
     else:
         o_s, lse_s = o, lse  # never written (no slot tiles)
-    warps, stages = _config("fwd", tabs)
+    warps, stages, maxnreg = _config("fwd", tabs)
     grid = (tabs.fwd_items.shape[0], bsz)
     kern.fwd_kernel(
         grid,
@@ -618,7 +623,7 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
          tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull, tabs.preds, tabs.fwd_items,
          scale * LOG2E),
         (blk, d, dv, _pow2(d), _pow2(dv), tabs.n_preds_rows),  # BLOCK, D, DV, BD, BDV, U
-        warps, stages,
+        warps, stages, maxnreg,
     )
     for items in tabs.q_round_items:
         kern.merge_kernel(
@@ -658,7 +663,7 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         dv_s = torch.empty(bsz, h, krows, dv, device=q.device, dtype=torch.float32)
     else:
         dk_s, dv_s = dk, dvv
-    warps, stages = _config("bwd", tabs)
+    warps, stages, maxnreg = _config("bwd", tabs)
     grid = (tabs.bwd_items.shape[0], bsz)
     kern.bwd_kernel(
         grid,
@@ -669,7 +674,7 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
          tabs.bvis, tabs.bptr, tabs.bnfull, tabs.preds, tabs.bwd_items,
          scale, scale * LOG2E),
         (blk, d, dv, _pow2(d), _pow2(dv), tabs.n_preds_rows, inline_delta),  # BLOCK D DV BD BDV U INLINE_DELTA
-        warps, stages,
+        warps, stages, maxnreg,
     )
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
         kern.add_slots_kernel(

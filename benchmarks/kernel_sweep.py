@@ -1,0 +1,191 @@
+"""Launch-configuration sweep of the Triton kernels (GPU): kernel-only forward and backward times.
+
+    PYTHONPATH=src python benchmarks/kernel_sweep.py [--cases strided:16384 fixed:65536] [--quick]
+
+For each case (B=1, H=8, D=64, bf16; the target cases of ``benchmarks/attention.py``) and each
+variant (plan tile, forward (warps, stages, maxnreg), backward (warps, stages, maxnreg)): the median
+ms of ``triton.testing.do_bench`` of the forward launches and of the backward launches called
+directly (no autograd, no dispatcher: GPU time plus the launch cost), the compiled kernels'
+registers and spills, and the largest difference of the output and the three gradients from the
+first variant of the case (a wrong configuration shows there). Host overhead is measured too:
+per eager forward+backward call through ``sparse_attention`` at N=4,096 (strided), with the kernel
+launches replaced by no-ops (pure Python/dispatch/allocation cost) and with them.
+
+Prints a table; writes JSON to $OUT (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from sparse_transformer import patterns as P  # noqa: E402
+from sparse_transformer import sparse_attention  # noqa: E402
+from sparse_transformer.kernels import triton_attention as TA  # noqa: E402
+
+# (tile, fwd (warps, stages, maxnreg), bwd (warps, stages, maxnreg)); the first is the reference.
+SHORT = [
+    (64, (4, 2, None), (4, 1, None)),
+    (64, (4, 1, None), (4, 1, None)),
+    (64, (4, 2, 168), (4, 1, 168)),
+    (64, (4, 2, 128), (4, 1, 128)),
+    (64, (2, 2, None), (2, 1, None)),
+    (64, (2, 2, 128), (2, 1, 128)),
+    (32, (2, 2, None), (2, 1, None)),
+    (32, (4, 2, None), (4, 1, None)),
+    (128, (8, 2, 128), (8, 1, 128)),
+]
+LONG = [
+    (64, (4, 3, None), (4, 2, None)),
+    (64, (4, 4, None), (4, 3, None)),
+    (64, (4, 3, 168), (4, 2, 168)),
+    (64, (4, 3, 128), (4, 2, 128)),
+    (128, (8, 3, None), (8, 2, None)),
+    (128, (8, 3, 128), (8, 2, 128)),
+]
+
+
+def heads_for(case: str, n: int):
+    if case == "strided":
+        l = 2 ** round(math.log2(math.sqrt(n)))
+        return [P.local(l)] * 4 + [P.strided(l)] * 4
+    return [P.union(*P.factorized("fixed", 128, 32))] * 8
+
+
+def regs() -> dict:
+    """Registers / spills of every compiled kernel kept by the launchers, by kernel name."""
+    out = {}
+    k = TA._kernels()
+    for name in ("fwd_kernel", "bwd_kernel"):
+        ln = getattr(k, name)
+        for key, ck in ln.compiled.items():
+            out.setdefault(name, []).append({"warps": key[1], "stages": key[2], "maxnreg": key[3],
+                                             "consts": list(key[0]), "n_regs": getattr(ck, "n_regs", None),
+                                             "n_spills": getattr(ck, "n_spills", None)})
+    return out
+
+
+def run_variant(case, n, variant, ref=None):
+    import triton.testing
+
+    block, fcfg, bcfg = variant
+    TA.CONFIGS[("fwd", block)] = (fcfg[0], fcfg[1], fcfg[1])
+    TA.CONFIGS[("bwd", block)] = (bcfg[0], bcfg[1], bcfg[1])
+    TA.MAXNREG[("fwd", block)] = fcfg[2]
+    TA.MAXNREG[("bwd", block)] = bcfg[2]
+    dev = "cuda"
+    tabs = TA.kernel_tables([p.plan(n, block, dev) for p in heads_for(case, n)], dev)
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v, do = (torch.randn(1, 8, n, 64, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(4))
+    scale = 1 / 8
+    o, lse = TA._forward(q, k, v, tabs, scale)
+    grads = TA._backward(q, k, v, o, lse, do, tabs, scale)
+    torch.cuda.synchronize()
+    row = {"case": case, "n": n, "block": block, "fwd_cfg": list(fcfg), "bwd_cfg": list(bcfg)}
+    row["fwd_ms"] = float(triton.testing.do_bench(lambda: TA._forward(q, k, v, tabs, scale), return_mode="median"))
+    row["bwd_ms"] = float(triton.testing.do_bench(lambda: TA._backward(q, k, v, o, lse, do, tabs, scale),
+                                                  return_mode="median"))
+    row["fb_ms"] = row["fwd_ms"] + row["bwd_ms"]
+    outs = [o, *grads]
+    if ref is not None:
+        row["max_diff_vs_first"] = max(float((a.float() - b.float()).abs().max()) for a, b in zip(outs, ref))
+    return row, [x.detach().clone() for x in outs]
+
+
+def host_overhead(n: int = 4096) -> dict:
+    """us per eager fwd+bwd through sparse_attention: real launches, and launches as no-ops."""
+    dev = "cuda"
+    pats = heads_for("strided", n)
+    q, k, v = (torch.randn(1, 8, n, 64, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    g = torch.randn(1, 8, n, 64, device=dev, dtype=torch.bfloat16)
+
+    def step():
+        sparse_attention(q, k, v, pats).backward(g)
+        q.grad = k.grad = v.grad = None
+
+    def per_call(reps=300):
+        for _ in range(20):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            step()
+        enq = (time.perf_counter() - t0) / reps * 1e6
+        torch.cuda.synchronize()
+        return enq, (time.perf_counter() - t0) / reps * 1e6
+
+    out = {}
+    out["enqueue_us"], out["wall_us"] = per_call()
+    real = TA._Launcher.__call__
+    TA._Launcher.__call__ = lambda self, *a, **kw: None
+    try:
+        out["no_launch_enqueue_us"], _ = per_call()
+    finally:
+        TA._Launcher.__call__ = real
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["strided:16384", "strided:65536", "fixed:16384", "fixed:65536"])
+    ap.add_argument("--quick", action="store_true", help="first two variants per case only")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    import triton
+
+    t_start = time.time()
+    rows = []
+    for spec in args.cases:
+        case, n = spec.split(":")
+        n = int(n)
+        variants = SHORT if case == "strided" else LONG
+        if args.quick:
+            variants = variants[:2]
+        ref = None
+        for var in variants:
+            try:
+                row, outs = run_variant(case, n, var, ref)
+                if ref is None:
+                    ref = outs
+            except Exception as e:  # noqa: BLE001  (a config that does not compile or run: keep going)
+                row = {"case": case, "n": n, "block": var[0], "fwd_cfg": list(var[1]), "bwd_cfg": list(var[2]),
+                       "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    host = host_overhead()
+    print("host", json.dumps(host), flush=True)
+    try:
+        commit = os.environ.get("GIT_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    except OSError:
+        commit = "unknown"
+    result = {
+        "env": {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                "commit": commit, "command": "PYTHONPATH=src python benchmarks/kernel_sweep.py " + " ".join(sys.argv[1:])},
+        "rows": rows, "host": host, "regs": regs(), "wall_s": time.time() - t_start,
+    }
+    print(f"\n{'case':8s} {'N':>6s} {'tile':>4s} {'fwd cfg':>14s} {'bwd cfg':>14s} {'fwd ms':>8s} {'bwd ms':>8s} {'f+b':>8s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['case']:8s} {r['n']:6d} {r['block']:4d} {str(r['fwd_cfg']):>14s} {str(r['bwd_cfg']):>14s} error {r['error'][:60]}")
+            continue
+        print(f"{r['case']:8s} {r['n']:6d} {r['block']:4d} {str(r['fwd_cfg']):>14s} {str(r['bwd_cfg']):>14s} "
+              f"{r['fwd_ms']:8.3f} {r['bwd_ms']:8.3f} {r['fb_ms']:8.3f}  diff {r.get('max_diff_vs_first', 0):.2e}")
+    out = Path(args.out or os.environ.get("OUT", ".")) / "kernel-sweep.json" if not (args.out or "").endswith(".json") else Path(args.out)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
