@@ -100,6 +100,31 @@ def test_backward_delta_inline_or_prepass(monkeypatch, inline):
         assert_close_to_reference(q, k, v, [P.local(16), P.strided(16)], "triton", atol=atol)
 
 
+@pytest.mark.parametrize("block", [64, 128])
+def test_mask_tiles_wide_blocks(block):
+    """Mask tiles as bit words at the real tile sizes: 64 (bit 63 of one word), 128 (two words);
+    local windows and the fixed merged head give masks that are neither causal nor full."""
+    q, k, v = qkv(1, 2, 300, 16, torch.float32, seed=9)
+    heads = [P.local(100), P.union(*P.factorized("fixed", 96, 24))]
+    tabs = TA.kernel_tables([p.plan(300, block, DEVICE) for p in heads], DEVICE)
+    assert tabs.masks.shape[1:] == (2, block, max(1, block // 64)) and tabs.masks.shape[0] >= 2
+    from sparse_transformer import kernels
+
+    saved = kernels.PLAN_BLOCK["triton"]
+    kernels.PLAN_BLOCK["triton"] = block
+    try:
+        assert_close_to_reference(q, k, v, heads, "triton")
+    finally:
+        kernels.PLAN_BLOCK["triton"] = saved
+
+
+def test_mask_bank_dedups():
+    """The mask bank stores each distinct tile once: local windows repeat one first-tile mask."""
+    tabs = TA.kernel_tables([P.local(128).plan(4096, 64)], "cpu")
+    codes = tabs.fvis[:, 1]
+    assert int((codes >= 0).sum()) > 50 and tabs.masks.shape[0] == 1
+
+
 def test_default_block_and_scale():
     q, k, v = qkv(1, 2, 80, 32, torch.float32, seed=4)
     assert_close_to_reference(q, k, v, P.union(*P.factorized("strided", 16)), "triton", scale=0.3)

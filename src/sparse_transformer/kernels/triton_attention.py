@@ -131,16 +131,53 @@ def _descriptors(tiles: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _causal_only(seg, t: torch.Tensor, kt: torch.Tensor, p: int) -> torch.Tensor:
-    """For partial visits (t, kt) under predicate p: True where the predicate equals plain causality."""
-    out = torch.zeros(t.numel(), dtype=torch.bool)
-    pred = seg.preds[p]
-    for lo in range(0, t.numel(), 1024):
-        qi = seg.q_tiles[t[lo : lo + 1024]][:, :, None]
-        kj = seg.k_tiles[kt[lo : lo + 1024]][:, None, :]
-        causal = (kj <= qi) & (kj >= 0) & (qi >= 0)
-        out[lo : lo + 1024] = (pred(qi, kj) == causal).all(2).all(1)
-    return out
+class _MaskBank:
+    """The distinct element masks of a plan's partial visits, each stored once.
+
+    A visit whose pairs are not all allowed gets a mask code: ``CAUSAL`` or ``FULL`` (kept as cheap
+    in-kernel comparisons: plain causality, or only the padding rows masked), otherwise the id of
+    its (block, block) mask in the bank. The masks of the paper's patterns repeat (every local
+    window's first tile, every fixed block's own-summary tile, ...), so the bank stays small: the
+    kernel reads one tile of bytes from L2 instead of evaluating the predicate per element.
+    """
+
+    def __init__(self):
+        self.ids: dict[bytes, int] = {}
+        self.tiles: list[torch.Tensor] = []
+
+    def codes(self, seg, t: torch.Tensor, kt: torch.Tensor, p: int) -> torch.Tensor:
+        """Mask codes of the visits (t[v], kt[v]) under the segment's predicate p."""
+        out = torch.empty(t.numel(), dtype=torch.int64)
+        pred = seg.preds[p]
+        for lo in range(0, t.numel(), 1024):
+            qi = seg.q_tiles[t[lo : lo + 1024]][:, :, None]
+            kj = seg.k_tiles[kt[lo : lo + 1024]][:, None, :]
+            valid = (kj >= 0) & (qi >= 0)
+            m = pred(qi, kj)
+            causal = ((m == (valid & (kj <= qi))).all(2).all(1))
+            full = (m == valid).all(2).all(1)
+            chunk = torch.where(causal, CAUSAL, torch.where(full, FULL, -3))
+            rest = torch.nonzero(chunk == -3).squeeze(1)
+            if rest.numel():
+                uniq, inverse = torch.unique(m[rest], dim=0, return_inverse=True)
+                ids = torch.tensor([self._id(u) for u in uniq], dtype=torch.int64)
+                chunk[rest] = ids[inverse]
+            out[lo : lo + 1024] = chunk
+        return out
+
+    def _id(self, mask: torch.Tensor) -> int:
+        key = mask.numpy().tobytes()
+        i = self.ids.get(key)
+        if i is None:
+            i = self.ids[key] = len(self.tiles)
+            self.tiles.append(mask.clone())
+        return i
+
+    def stacked(self, block: int) -> torch.Tensor:
+        """(M, block, block) bool."""
+        if not self.tiles:
+            return torch.zeros(0, block, block, dtype=torch.bool)
+        return torch.stack(self.tiles)
 
 
 @dataclass
@@ -151,13 +188,13 @@ class _PlanTables:
     qpos: torch.Tensor  # (TQ, B)
     kdesc: torch.Tensor  # (TK, 5)
     kpos: torch.Tensor  # (TK, B)
-    fvis: torch.Tensor  # (V, 2): key tile, mask code; sorted by query tile, fast visits first
+    fvis: torch.Tensor  # (V, 2): key tile, mask code; by query tile, fast / masked / gathered visits
     fptr: torch.Tensor  # (TQ + 1,)
-    fnfull: torch.Tensor  # (TQ,)
-    bvis: torch.Tensor  # (V, 2): query tile, mask code; sorted by key tile, fast visits first
+    fsplit: torch.Tensor  # (TQ, 2): visits before the masked ones, before the gathered ones
+    bvis: torch.Tensor  # (V, 2): query tile, mask code; by key tile, fast / masked / gathered visits
     bptr: torch.Tensor  # (TK + 1,)
-    bnfull: torch.Tensor  # (TK,)
-    preds: list  # list of (U_p, 5) int64 tensors
+    bsplit: torch.Tensor  # (TK, 2)
+    masks: torch.Tensor  # (M, B, B) bool: the distinct element masks (mask codes >= 0 index them)
     q_rounds: list  # lists of query-tile ids whose slots merge in one pass
     k_rounds: list
     n_qslots: int
@@ -167,9 +204,10 @@ class _PlanTables:
 
 def _plan_tables(plan: BlockPlan) -> _PlanTables:
     n = plan.n
-    qdesc, qpos, kdesc, kpos, vis_t, vis_k, vis_m, preds = [], [], [], [], [], [], [], []
+    qdesc, qpos, kdesc, kpos, vis_t, vis_k, vis_m = [], [], [], [], [], [], []
+    bank = _MaskBank()
     q_rounds, k_rounds, k_round_sets = [], [], []
-    q_off = k_off = p_off = 0
+    q_off = k_off = 0
     n_qslots = n_kslots = 0
     owned = torch.zeros(n, dtype=torch.bool)
     for level, seg in enumerate(plan.segments):
@@ -209,40 +247,40 @@ def _plan_tables(plan: BlockPlan) -> _PlanTables:
         t = torch.arange(tq)[:, None].expand_as(seg.layout)[sel]
         kt = seg.layout[sel]
         ep = seg.entry_pred[sel]
-        code = torch.where(ep < 0, FULL, ep + p_off)
+        code = torch.full_like(ep, FULL)
         for p in range(len(seg.preds)):
-            m = ep == p
-            if bool(m.any()):
-                co = _causal_only(seg, t[m], kt[m], p)
-                code[torch.nonzero(m).squeeze(1)[co]] = CAUSAL
+            m = torch.nonzero(ep == p).squeeze(1)
+            if m.numel():
+                code[m] = bank.codes(seg, t[m], kt[m], p)
         vis_t.append(t + q_off)
         vis_k.append(kt + k_off)
         vis_m.append(code)
-        table = seg.pred_table().cpu().to(torch.int64)
-        preds.extend(table[i] for i in range(table.shape[0]))
         q_off += tq
         k_off += tk
-        p_off += len(seg.preds)
     vt, vk, vm = torch.cat(vis_t), torch.cat(vis_k), torch.cat(vis_m)
     qd_all, kd_all = torch.cat(qdesc), torch.cat(kdesc)
-    # Fast visits: no mask and both tiles' rows computable without a gather (so the kernel's key
-    # loads depend on one level of table loads only, which Triton's pipeliner can overlap).
-    fast = (vm == FULL) & (qd_all[vt, 0] >= 0) & (kd_all[vk, 0] >= 0)
-    partial = (~fast).to(torch.int64)
+    # Three kinds of visit, in this order in each list: fast (no mask, both tiles' rows a
+    # progression: the key loads depend on one level of table loads only, which Triton's pipeliner
+    # overlaps), masked (progressions, causal or a mask tile: no row checks), gathered (a tile
+    # with padding or rows from the position table: the general path).
+    ap = (qd_all[vt, 0] >= 0) & (kd_all[vk, 0] >= 0)
+    kind = torch.where(ap, (vm != FULL).to(torch.int64), 2)
 
     def csr(major, minor, count):
-        key = (major * 2 + partial) * (q_off + k_off + 1) + minor
+        key = (major * 3 + kind) * (q_off + k_off + 1) + minor
         order = torch.argsort(key, stable=True)
         ptr = torch.zeros(count + 1, dtype=torch.int64)
         ptr[1:] = torch.cumsum(torch.bincount(major, minlength=count), 0)
-        nfull = torch.bincount(major[partial == 0], minlength=count)
-        return torch.stack([minor[order], vm[order]], 1), ptr, nfull
+        n_fast = torch.bincount(major[kind == 0], minlength=count)
+        n_masked = torch.bincount(major[kind == 1], minlength=count)
+        return torch.stack([minor[order], vm[order]], 1), ptr, torch.stack([n_fast, n_fast + n_masked], 1)
 
-    fvis, fptr, fnfull = csr(vt, vk, q_off)
-    bvis, bptr, bnfull = csr(vk, vt, k_off)
+    fvis, fptr, fsplit = csr(vt, vk, q_off)
+    bvis, bptr, bsplit = csr(vk, vt, k_off)
     return _PlanTables(
-        qd_all, torch.cat(qpos), kd_all, torch.cat(kpos), fvis, fptr, fnfull,
-        bvis, bptr, bnfull, preds, q_rounds, k_rounds, n_qslots, n_kslots, not bool(owned.all()),
+        qd_all, torch.cat(qpos), kd_all, torch.cat(kpos), fvis, fptr, fsplit,
+        bvis, bptr, bsplit, bank.stacked(plan.block), q_rounds, k_rounds, n_qslots, n_kslots,
+        not bool(owned.all()),
     )
 
 
@@ -259,12 +297,12 @@ class KernelTables:
     kpos: torch.Tensor
     fvis: torch.Tensor  # (V, 6) int32: key tile, mask code, key tile descriptor (4)
     fptr: torch.Tensor
-    fnfull: torch.Tensor
+    fsplit: torch.Tensor  # (TQ, 2) int32
     bvis: torch.Tensor  # (V, 6) int32: query tile, mask code, query tile descriptor (4)
     bptr: torch.Tensor
-    bnfull: torch.Tensor
-    preds: torch.Tensor  # (P, U, 5) int32
-    n_preds_rows: int  # U
+    bsplit: torch.Tensor
+    masks: torch.Tensor  # (M, 2, B, W) int64: element masks as bit words (column c: bit c % 64 of
+    # word c // 64); [m, 0] rows = queries, [m, 1] transposed (rows = keys)
     fwd_items: torch.Tensor  # (I, 2) int32: head, query tile
     bwd_items: torch.Tensor  # (J, 3) int32: head, tile, kind (0: dK/dV of a key tile, 1: dQ)
     q_round_items: tuple  # per round: (I, 2) int32 (head, query tile) of slot tiles
@@ -281,10 +319,9 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
         if not any(p is d for d in distinct):
             distinct.append(p)
     parts = [_plan_tables_cached(p) for p in distinct]
-    u = max(max((int(r.shape[0]) for r in pt.preds), default=1) for pt in parts)
-    q_off = k_off = p_off = qs_off = ks_off = 0
+    q_off = k_off = m_off = qs_off = ks_off = 0
     acc: dict[str, list] = {k: [] for k in ("qdesc", "qpos", "kdesc", "kpos", "fvis", "bvis", "fptr",
-                                             "bptr", "fnfull", "bnfull", "preds")}
+                                             "bptr", "fsplit", "bsplit", "masks")}
     offsets = []
     v_f = v_b = 0
     for pt in parts:
@@ -294,8 +331,8 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
         fv, bv = pt.fvis.clone(), pt.bvis.clone()
         fv[:, 0] += k_off
         bv[:, 0] += q_off
-        fv[:, 1] = torch.where(fv[:, 1] >= 0, fv[:, 1] + p_off, fv[:, 1])
-        bv[:, 1] = torch.where(bv[:, 1] >= 0, bv[:, 1] + p_off, bv[:, 1])
+        fv[:, 1] = torch.where(fv[:, 1] >= 0, fv[:, 1] + m_off, fv[:, 1])
+        bv[:, 1] = torch.where(bv[:, 1] >= 0, bv[:, 1] + m_off, bv[:, 1])
         acc["qdesc"].append(qd)
         acc["kdesc"].append(kd)
         acc["qpos"].append(pt.qpos)
@@ -304,15 +341,13 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
         acc["bvis"].append(bv)
         acc["fptr"].append(pt.fptr[:-1] + v_f)
         acc["bptr"].append(pt.bptr[:-1] + v_b)
-        acc["fnfull"].append(pt.fnfull)
-        acc["bnfull"].append(pt.bnfull)
-        for r in pt.preds:
-            pad = torch.zeros(u - r.shape[0], 5, dtype=torch.int64)
-            acc["preds"].append(torch.cat([r, pad]))
+        acc["fsplit"].append(pt.fsplit)
+        acc["bsplit"].append(pt.bsplit)
+        acc["masks"].append(pt.masks)
         offsets.append((q_off, k_off, pt))
         q_off += pt.qdesc.shape[0]
         k_off += pt.kdesc.shape[0]
-        p_off += len(pt.preds)
+        m_off += pt.masks.shape[0]
         qs_off += pt.n_qslots
         ks_off += pt.n_kslots
         v_f += pt.fvis.shape[0]
@@ -323,7 +358,9 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
     qdesc, kdesc = cat["qdesc"], cat["kdesc"]
     fvis = torch.cat([cat["fvis"], kdesc[cat["fvis"][:, 0], :4]], 1)
     bvis = torch.cat([cat["bvis"], qdesc[cat["bvis"][:, 0], :4]], 1)
-    preds = cat["preds"].view(-1, u, 5) if cat["preds"].numel() else torch.zeros(1, u, 5, dtype=torch.int64)
+    blk = distinct[0].block
+    masks = cat["masks"] if m_off else torch.zeros(1, blk, blk, dtype=torch.bool)
+    masks = _bit_words(torch.stack([masks, masks.transpose(1, 2)], 1))
     # Work lists, longest walks first (they finish last otherwise).
     fwd, bwd, qr, kr = [], [], {}, {}
     fwork = fptr[1:] - fptr[:-1]
@@ -353,15 +390,23 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
     return KernelTables(
         n=distinct[0].n, block=distinct[0].block, heads=len(plans),
         qdesc=dev(qdesc), qpos=dev(cat["qpos"]), kdesc=dev(kdesc), kpos=dev(cat["kpos"]),
-        fvis=dev(fvis), fptr=dev(fptr), fnfull=dev(cat["fnfull"]),
-        bvis=dev(bvis), bptr=dev(bptr), bnfull=dev(cat["bnfull"]),
-        preds=dev(preds), n_preds_rows=u,
+        fvis=dev(fvis), fptr=dev(fptr), fsplit=dev(cat["fsplit"]),
+        bvis=dev(bvis), bptr=dev(bptr), bsplit=dev(cat["bsplit"]),
+        masks=masks.contiguous().to(device),
         fwd_items=dev(fwd_items), bwd_items=dev(bwd_items),
         q_round_items=tuple(dev(torch.tensor(qr[i])) for i in sorted(qr)),
         k_round_items=tuple(dev(torch.tensor(kr[i])) for i in sorted(kr)),
         n_qslots=qs_off, n_kslots=ks_off, zero_dkv=any(pt.zero_dkv for pt in parts),
         long_walk=bool(fwd_items.shape[0]) and float(fwork[fwd_items[:, 1]].float().mean()) >= LONG_WALK,
     )
+
+
+def _bit_words(masks: torch.Tensor) -> torch.Tensor:
+    """(..., B, B) bool -> (..., B, max(1, B // 64)) int64, column c at bit c % 64 of word c // 64."""
+    b = masks.shape[-1]
+    w = max(1, b // 64)
+    cols = masks.reshape(*masks.shape[:-1], w, b // w).to(torch.int64)
+    return (cols << torch.arange(b // w, dtype=torch.int64)).sum(-1)
 
 
 def _plan_tables_cached(plan: BlockPlan) -> _PlanTables:
@@ -620,9 +665,9 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
         (q, k, v, o, lse, o_s, lse_s,
          *_strides3(q), *_strides3(k), *_strides3(v),
          h, n, rows,
-         tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull, tabs.preds, tabs.fwd_items,
+         tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fsplit, tabs.masks, tabs.fwd_items,
          scale * LOG2E),
-        (blk, d, dv, _pow2(d), _pow2(dv), tabs.n_preds_rows),  # BLOCK, D, DV, BD, BDV, U
+        (blk, d, dv, _pow2(d), _pow2(dv)),  # BLOCK, D, DV, BD, BDV
         warps, stages, maxnreg,
     )
     for items in tabs.q_round_items:
@@ -670,10 +715,10 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
          *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
          h, n, qrows, krows,
-         tabs.qdesc, tabs.qpos, tabs.kdesc, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fnfull,
-         tabs.bvis, tabs.bptr, tabs.bnfull, tabs.preds, tabs.bwd_items,
+         tabs.qdesc, tabs.qpos, tabs.kdesc, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fsplit,
+         tabs.bvis, tabs.bptr, tabs.bsplit, tabs.masks, tabs.bwd_items,
          scale, scale * LOG2E),
-        (blk, d, dv, _pow2(d), _pow2(dv), tabs.n_preds_rows, inline_delta),  # BLOCK D DV BD BDV U INLINE_DELTA
+        (blk, d, dv, _pow2(d), _pow2(dv), inline_delta),  # BLOCK D DV BD BDV INLINE_DELTA
         warps, stages, maxnreg,
     )
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO

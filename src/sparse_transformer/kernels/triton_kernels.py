@@ -1,6 +1,6 @@
 """The Triton kernels behind :mod:`.triton_attention` (imported lazily: importing this imports Triton).
 
-Helpers first (tile rows, element predicates), then the kernels: ``fwd_kernel``, ``merge_kernel``
+Helpers first (tile rows, element masks), then the kernels: ``fwd_kernel``, ``merge_kernel``
 (log-sum-exp merge of segment slots), ``delta_kernel`` (rowsum(dO * O); for long-walk plans only,
 short walks compute it inside the backward), ``bwd_kernel`` (dK/dV and dQ programs in one launch) and ``add_slots_kernel`` (slot reduction). Tables and their meaning:
 :mod:`.triton_attention`. Scores live in the log2 domain (``qk_scale = scale * log2(e)``, exp2);
@@ -75,46 +75,55 @@ def _outer(x, y, TRANS: tl.constexpr):
 
 
 @triton.jit
-def _term(kind, a, b, c, qi, kj, TRANS: tl.constexpr):
-    """One atomic term (patterns.DENSE/LOCAL/STRIDED/BLOCK/SUMMARY), evaluated per row and per
-    column where it factorizes (valid for i, j >= 0; padding is masked by the caller)."""
-    bx, by = _outer(qi >= -1, kj >= -1, TRANS)
-    r = bx & by
-    if kind == 1:
-        x, y = _outer(qi, kj, TRANS)
-        r = (x - y) < a
-    elif kind == 2:
-        x2, y2 = _outer(qi % a, kj % a, TRANS)
-        r = x2 == y2
-    elif kind == 3:
-        x3, y3 = _outer(qi // a, kj // a, TRANS)
-        r = x3 == y3
-    elif kind == 4:
-        jm = kj % a
-        x4, y4 = _outer(qi >= -1, (jm >= b) & (jm <= c), TRANS)
-        r = x4 & y4
-    return r
+def _mask_bits(masks, code, BLOCK: tl.constexpr, TRANS: tl.constexpr):
+    """Mask tile ``code`` from its bit words ((M, 2, BLOCK, W) int64, row r's column c at bit c % 64
+    of word c // 64): one word load per row, then shifts in the score tile's own layout."""
+    offs = tl.arange(0, BLOCK)
+    if BLOCK <= 64:
+        word = tl.load(masks + (code * 2 + TRANS) * BLOCK + offs)
+        bits = (word[:, None] >> offs.to(tl.int64)[None, :]) & 1
+    else:
+        W: tl.constexpr = BLOCK // 64
+        base = masks + (code * 2 + TRANS) * BLOCK * W + offs * W
+        sh = (offs & 63).to(tl.int64)
+        bits = tl.zeros([BLOCK, BLOCK], tl.int64)
+        for w in tl.static_range(W):
+            part = (tl.load(base + w)[:, None] >> sh[None, :]) & 1
+            bits = tl.where(((offs >> 6) == w)[None, :], part, bits)
+    return bits != 0
 
 
 @triton.jit
-def _allowed(preds, code, qi, kj, U: tl.constexpr, TRANS: tl.constexpr):
-    """Element mask of a visit, (queries, keys) or (keys, queries) with TRANS: valid rows; causal
-    unless ``code`` is -1 (full); and predicate ``code`` if >= 0."""
-    x, y = _outer(qi, kj, TRANS)
-    ok = (x >= 0) & (y >= 0)
-    if code != -1:
-        ok = ok & (y <= x)
+def _allowed(masks, code, qi, kj, BLOCK: tl.constexpr, TRANS: tl.constexpr, CHECK_ROWS: tl.constexpr):
+    """Element mask of a visit, (queries, keys) or (keys, queries) with TRANS. ``code``: -1 every
+    pair, -2 causal, m >= 0 the plan's mask tile m (padding and causality included). CHECK_ROWS:
+    the tiles may hold padding rows (-1), masked here for codes -1/-2."""
     if code >= 0:
-        inc = ok & (x < -1)
-        exc = ok & (x < -1)
-        for u in tl.static_range(U):
-            row = preds + (code * U + u) * 5
-            sign = tl.load(row)
-            tv = _term(tl.load(row + 1), tl.load(row + 2), tl.load(row + 3), tl.load(row + 4), qi, kj, TRANS)
-            inc = inc | (tv & (sign > 0))
-            exc = exc | (tv & (sign < 0))
-        ok = ok & inc & (exc == 0)
+        ok = _mask_bits(masks, code, BLOCK, TRANS)
+    else:
+        x, y = _outer(qi, kj, TRANS)
+        ok = (y <= x) | (code == -1)
+        if CHECK_ROWS:
+            ok = ok & (x >= 0) & (y >= 0)
     return ok
+
+
+@triton.jit
+def _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, MASKED: tl.constexpr):
+    """One visit of the forward: scores, online softmax update (log2 domain)."""
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASKED:
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = m_new
+    alpha = tl.math.exp2(m_i - m_use)
+    p = tl.math.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,10 +136,9 @@ def fwd_kernel(
     Q, K, V, O, LSE, OS, LSES,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
     H, N, SROWS,
-    qdesc, qpos, kpos, fvis, fptr, fnfull, preds, items,
+    qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items,
     qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    U: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -149,34 +157,28 @@ def fwd_kernel(
     acc = tl.zeros([BLOCK, BDV], tl.float32)
     e0 = tl.load(fptr + t)
     e1 = tl.load(fptr + t + 1)
-    ef = e0 + tl.load(fnfull + t)
-    # Fast visits (every pair allowed, tile rows an arithmetic progression): no mask, no gather.
+    ef = e0 + tl.load(fsplit + 2 * t)
+    em = e0 + tl.load(fsplit + 2 * t + 1)
+    # Fast visits: every pair allowed, tile rows an arithmetic progression: no mask, no gather.
     for e in range(e0, ef):
         kj = _visit_rows_ap(fvis, e, BLOCK)
         k = _load_rows(kb, kj, skn, od, D, BD, False)
         v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    # The others: gathered rows and/or a causal or predicate mask, element by element.
-    for e in range(ef, e1):
+        m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, 0, qk_scale, False)
+    # Masked visits: progressions under a causal or mask-tile element mask.
+    for e in range(ef, em):
+        kj = _visit_rows_ap(fvis, e, BLOCK)
+        k = _load_rows(kb, kj, skn, od, D, BD, False)
+        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, False)
+        m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
+    # Gathered visits (padding or position-table rows): the general path.
+    for e in range(em, e1):
         kj = _visit_rows(fvis, kpos, e, BLOCK)
-        code = tl.load(fvis + e * 6 + 1)
         k = _load_rows(kb, kj, skn, od, D, BD, True)
         v = _load_rows(vb, kj, svn, odv, DV, BDV, True)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        s = tl.where(_allowed(preds, code, qi, kj, U, False), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, True)
+        m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
     l_ok = l_i > 0
     l_safe = tl.where(l_ok, l_i, 1.0)
     o = acc / l_safe[:, None]
@@ -250,18 +252,62 @@ def delta_kernel(O, DO, DELTA, H, N, sdb, sdh, sdn, BLOCK: tl.constexpr, DV: tl.
 
 
 @triton.jit
+def _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv,
+                D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                ROWMASK: tl.constexpr, INLINE_DELTA: tl.constexpr):
+    """A query tile's q, dO, log-sum-exp and delta = rowsum(dO * O) (inline, or from the pre-pass)."""
+    q = _load_rows(qb, qi, sqn, od, D, BD, ROWMASK)
+    do = _load_rows(dob, qi, sdn, odv, DV, BDV, ROWMASK)
+    if ROWMASK:
+        lse = tl.load(lb + qi, mask=qi >= 0, other=0.0)
+    else:
+        lse = tl.load(lb + qi)
+    if INLINE_DELTA:
+        o = _load_rows(ob, qi, DV, odv, DV, BDV, ROWMASK)
+        dl = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    elif ROWMASK:
+        dl = tl.load(db + qi, mask=qi >= 0, other=0.0)
+    else:
+        dl = tl.load(db + qi)
+    return q, do, lse, dl
+
+
+@triton.jit
+def _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, MASKED: tl.constexpr):
+    """One visit of a key tile's walk: accumulate dK (unscaled) and dV, in (keys, queries) layout."""
+    pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+    if MASKED:
+        pT = tl.where(ok, pT, 0.0)
+    dv += tl.dot(pT.to(do.dtype), do)
+    dsT = pT * (tl.dot(v, tl.trans(do)) - dl[None, :])
+    dk += tl.dot(dsT.to(q.dtype), q)
+    return dk, dv
+
+
+@triton.jit
+def _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, MASKED: tl.constexpr):
+    """One visit of a query tile's walk: accumulate dQ (unscaled)."""
+    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+    if MASKED:
+        p = tl.where(ok, p, 0.0)
+    ds = p * (tl.dot(do, tl.trans(v)) - dl[:, None])
+    dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
 def _bwd_dkdv(
     Q, K, V, DO, O, DK, DV_, LSE, DELTA, DKS, DVS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
     b, h, bh, N, KROWS, kt,
-    qpos, kdesc, kpos, bvis, bptr, bnfull, preds,
+    qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    U: tl.constexpr, INLINE_DELTA: tl.constexpr,
+    INLINE_DELTA: tl.constexpr,
 ):
-    """dK, dV of key tile ``kt``: walk the query tiles that see it (transposed visit list).
-    INLINE_DELTA: rowsum(dO * O) of each visited query tile computed here (short walks) instead of
-    read from the ``delta_kernel`` pre-pass."""
+    """dK, dV of key tile ``kt``: walk the query tiles that see it (transposed visit list; fast,
+    masked, gathered visits as in the forward). INLINE_DELTA: rowsum(dO * O) of each visited query
+    tile computed here (short walks) instead of read from the ``delta_kernel`` pre-pass."""
     offs = tl.arange(0, BLOCK)
     od = tl.arange(0, BD)
     odv = tl.arange(0, BDV)
@@ -277,38 +323,22 @@ def _bwd_dkdv(
     dv = tl.zeros([BLOCK, BDV], tl.float32)
     e0 = tl.load(bptr + kt)
     e1 = tl.load(bptr + kt + 1)
-    ef = e0 + tl.load(bnfull + kt)
+    ef = e0 + tl.load(bsplit + 2 * kt)
+    em = e0 + tl.load(bsplit + 2 * kt + 1)
     for e in range(e0, ef):
         qi = _visit_rows_ap(bvis, e, BLOCK)
-        q = _load_rows(qb, qi, sqn, od, D, BD, False)
-        do = _load_rows(dob, qi, sdn, odv, DV, BDV, False)
-        lse = tl.load(lb + qi)
-        if INLINE_DELTA:
-            o = _load_rows(ob, qi, DV, odv, DV, BDV, False)
-            dl = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-        else:
-            dl = tl.load(db + qi)
-        pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
-        dv += tl.dot(pT.to(do.dtype), do)
-        dsT = pT * (tl.dot(v, tl.trans(do)) - dl[None, :])
-        dk += tl.dot(dsT.to(q.dtype), q)
-    for e in range(ef, e1):
+        q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
+        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, 0, qk_scale, False)
+    for e in range(ef, em):
+        qi = _visit_rows_ap(bvis, e, BLOCK)
+        q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
+        ok = _allowed(masks, tl.load(bvis + e * 6 + 1), qi, kj, BLOCK, True, False)
+        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True)
+    for e in range(em, e1):
         qi = _visit_rows(bvis, qpos, e, BLOCK)
-        code = tl.load(bvis + e * 6 + 1)
-        q = _load_rows(qb, qi, sqn, od, D, BD, True)
-        do = _load_rows(dob, qi, sdn, odv, DV, BDV, True)
-        qv = qi >= 0
-        lse = tl.load(lb + qi, mask=qv, other=0.0)
-        if INLINE_DELTA:
-            o = _load_rows(ob, qi, DV, odv, DV, BDV, True)
-            dl = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-        else:
-            dl = tl.load(db + qi, mask=qv, other=0.0)
-        ok = _allowed(preds, code, qi, kj, U, True)
-        pT = tl.where(ok, tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :]), 0.0)
-        dv += tl.dot(pT.to(do.dtype), do)
-        dsT = pT * (tl.dot(v, tl.trans(do)) - dl[None, :])
-        dk += tl.dot(dsT.to(q.dtype), q)
+        q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, True, INLINE_DELTA)
+        ok = _allowed(masks, tl.load(bvis + e * 6 + 1), qi, kj, BLOCK, True, True)
+        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True)
     dk = dk * scale
     valid = kj >= 0
     slot = tl.load(kdesc + kt * 5 + 4)
@@ -331,10 +361,10 @@ def _bwd_dq(
     Q, K, V, DO, O, DQ, LSE, DELTA, DQS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
     b, h, bh, N, QROWS, t,
-    qdesc, qpos, kpos, fvis, fptr, fnfull, preds,
+    qdesc, qpos, kpos, fvis, fptr, fsplit, masks,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    U: tl.constexpr, INLINE_DELTA: tl.constexpr,
+    INLINE_DELTA: tl.constexpr,
 ):
     """dQ of query tile ``t``: walk its visit list again."""
     offs = tl.arange(0, BLOCK)
@@ -342,36 +372,32 @@ def _bwd_dq(
     odv = tl.arange(0, BDV)
     qi = _tile_rows(qdesc, qpos, t, BLOCK)
     qv = qi >= 0
-    q = _load_rows(Q + b * sqb + h * sqh, qi, sqn, od, D, BD, True)
-    do = _load_rows(DO + b * sdb + h * sdh, qi, sdn, odv, DV, BDV, True)
-    lse = tl.load(LSE + bh * N + qi, mask=qv, other=0.0)
-    if INLINE_DELTA:
-        o = _load_rows(O + bh * N * DV, qi, DV, odv, DV, BDV, True)
-        dl = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    else:
-        dl = tl.load(DELTA + bh * N + qi, mask=qv, other=0.0)
+    q, do, lse, dl = _query_side(Q + b * sqb + h * sqh, DO + b * sdb + h * sdh, O + bh * N * DV, LSE + bh * N,
+                                 DELTA + bh * N, qi, sqn, sdn, od, odv, D, DV, BD, BDV, True, INLINE_DELTA)
     kb = K + b * skb + h * skh
     vb = V + b * svb + h * svh
     dq = tl.zeros([BLOCK, BD], tl.float32)
     e0 = tl.load(fptr + t)
     e1 = tl.load(fptr + t + 1)
-    ef = e0 + tl.load(fnfull + t)
+    ef = e0 + tl.load(fsplit + 2 * t)
+    em = e0 + tl.load(fsplit + 2 * t + 1)
     for e in range(e0, ef):
         kj = _visit_rows_ap(fvis, e, BLOCK)
         k = _load_rows(kb, kj, skn, od, D, BD, False)
         v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
-        p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
-        ds = p * (tl.dot(do, tl.trans(v)) - dl[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
-    for e in range(ef, e1):
+        dq = _dq_step(q, do, k, v, lse, dl, dq, 0, qk_scale, False)
+    for e in range(ef, em):
+        kj = _visit_rows_ap(fvis, e, BLOCK)
+        k = _load_rows(kb, kj, skn, od, D, BD, False)
+        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, False)
+        dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
+    for e in range(em, e1):
         kj = _visit_rows(fvis, kpos, e, BLOCK)
-        code = tl.load(fvis + e * 6 + 1)
         k = _load_rows(kb, kj, skn, od, D, BD, True)
         v = _load_rows(vb, kj, svn, odv, DV, BDV, True)
-        ok = _allowed(preds, code, qi, kj, U, False)
-        p = tl.where(ok, tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
-        ds = p * (tl.dot(do, tl.trans(v)) - dl[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, True)
+        dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
     dq = dq * scale
     slot = tl.load(qdesc + t * 5 + 4)
     if slot < 0:
@@ -389,10 +415,10 @@ def bwd_kernel(
     Q, K, V, DO, O, DQ, DK, DV_, LSE, DELTA, DQS, DKS, DVS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
     H, N, QROWS, KROWS,
-    qdesc, qpos, kdesc, kpos, fvis, fptr, fnfull, bvis, bptr, bnfull, preds, items,
+    qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    U: tl.constexpr, INLINE_DELTA: tl.constexpr,
+    INLINE_DELTA: tl.constexpr,
 ):
     """One launch: item kind 0 computes a key tile's dK, dV; kind 1 a query tile's dQ. O is the
     forward output (contiguous); with INLINE_DELTA, DELTA is not read (no pre-pass ran)."""
@@ -407,16 +433,16 @@ def bwd_kernel(
             Q, K, V, DO, O, DK, DV_, LSE, DELTA, DKS, DVS,
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, KROWS, tile,
-            qpos, kdesc, kpos, bvis, bptr, bnfull, preds,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, U, INLINE_DELTA,
+            qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA,
         )
     else:
         _bwd_dq(
             Q, K, V, DO, O, DQ, LSE, DELTA, DQS,
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, QROWS, tile,
-            qdesc, qpos, kpos, fvis, fptr, fnfull, preds,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, U, INLINE_DELTA,
+            qdesc, qpos, kpos, fvis, fptr, fsplit, masks,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA,
         )
 
 
