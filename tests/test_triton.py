@@ -248,10 +248,12 @@ def test_launcher_direct_after_first_launch(direct_path):
     launch = TA._Launcher(fake)
     x = torch.zeros(32)
     launch((4, 2), (x, 64, 0.5), (64, True), 4, 2)
-    launch((5, 2), (torch.ones(32), 80, 0.25), (64, True), 4, 2)  # same specialization
+    y = torch.ones(32)
+    launch((5, 2), (y, 80, 0.25), (64, True), 4, 2)  # same specialization
     assert [e[0] for e in fake.log] == ["triton", "direct"]
     assert fake.log[1][1] == (5, 2, 1) and fake.log[1][2] == 7
-    assert fake.log[1][3][1:] == (80, 0.25, 64, True)  # arguments then constexprs, in order
+    # Arguments then constexprs, in order; tensors as their data pointers.
+    assert fake.log[1][3] == (y.data_ptr(), 80, 0.25, 64, True)
     # Anything that changes the specialization goes through Triton again.
     for args, consts, warps, stages in [
         ((x, 65, 0.5), (64, True), 4, 2),  # int no longer divisible by 16
@@ -264,6 +266,21 @@ def test_launcher_direct_after_first_launch(direct_path):
         launch((1,), args, consts, warps, stages)
         assert fake.log[n][0] == "triton", (args, consts, warps, stages)
     assert launch.n_direct == 1 and len(launch.compiled) == 6
+
+
+def test_launcher_static_arguments(direct_path):
+    """Static trailing arguments (the tables): keyed once per tuple object, passed as pointers."""
+    fake = _FakeKernel(3, 1)
+    launch = TA._Launcher(fake)
+    x, table = torch.zeros(8), torch.zeros(16, dtype=torch.int32)
+    static = (table,)
+    launch((1,), (x, 16), (4,), 4, 1, None, static)
+    launch((1,), (x, 32), (4,), 4, 1, None, static)
+    assert [e[0] for e in fake.log] == ["triton", "direct"]
+    assert fake.log[0][2] == (x, 16, table, 4)  # through Triton: the tensors themselves
+    assert fake.log[1][3] == (x.data_ptr(), 32, table.data_ptr(), 4)
+    launch((1,), (x, 32), (4,), 4, 1, None, (table.to(torch.int64),))  # other dtype: Triton again
+    assert fake.log[2][0] == "triton" and len(launch.static_cache) == 2
 
 
 def test_launcher_falls_back_for_good_on_mismatch(direct_path):

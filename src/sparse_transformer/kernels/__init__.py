@@ -159,37 +159,34 @@ def sparse_attention(
     """
     _check_inputs(q, k, v)
     heads, n = q.shape[1], q.shape[2]
-    pats = _head_patterns(pattern, heads)
-    if backend == "auto" and q.is_cuda and all(isinstance(p, Dense) for p in pats):
+    route = _route(backend, pattern, heads, n, q.device)
+    if route.sdpa:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    name = resolve_backend(backend, q.device)
-    if q.dtype == torch.float64 and name not in ("reference", "torch"):
-        raise ValueError(f"float64 runs on the reference and torch backends, not {name!r}")
+    if q.dtype == torch.float64 and route.name not in ("reference", "torch"):
+        raise ValueError(f"float64 runs on the reference and torch backends, not {route.name!r}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if n == 0:
         return q.new_zeros(*q.shape[:3], v.shape[-1])
-    mod = _module(name)
-    route = _route(name, pats, n, q.device)
-    if len(route.distinct) == 1:
-        return mod.attention(q, k, v, route.plans[0], scale)
-    multi = getattr(mod, "attention_multihead", None)
-    if multi is not None:
-        return multi(q, k, v, [route.plans[i] for i in route.head_plan], scale)
-    # Group the heads by pattern, run each group, put the heads back in order.
-    outs = [
-        mod.attention(q[:, sel], k[:, sel], v[:, sel], plan, scale)
-        for sel, plan in zip(route.groups, route.plans)
-    ]
-    return torch.cat(outs, dim=1)[:, route.inverse]
+    return route.run(q, k, v, scale)
 
 
 class _Route:
-    """What one (backend, per-head patterns, n, device) call needs besides the tensors: the
-    distinct patterns, their plans, each head's plan, and the head groups as index tensors on the
-    device (built once: no per-call host-to-device copies, so calls can be graph-captured)."""
+    """What one (backend, per-head patterns, n, device) call needs besides the tensors, built once:
+    the resolved backend, the distinct patterns and their plans, and ``run(q, k, v, scale)``. Head
+    groups are index tensors on the device (no per-call host-to-device copies, so calls can be
+    graph-captured); the Triton backend keeps its kernel tables here, so a call does no planning work."""
 
-    def __init__(self, name: str, pats: list[Pattern], n: int, device: torch.device):
+    def __init__(self, backend: str, source, heads: int, n: int, device: torch.device):
+        self.source = source
+        pats = _head_patterns(source, heads)
         self.patterns = tuple(pats)
+        # Every head dense on CUDA under "auto": PyTorch's causal SDPA (FlashAttention) is the best
+        # dense kernel, and a dense plan gains nothing from our tables.
+        self.sdpa = backend == "auto" and device.type == "cuda" and all(isinstance(p, Dense) for p in pats)
+        if self.sdpa:
+            self.name = "sdpa"
+            return
+        self.name = name = resolve_backend(backend, device)
         self.distinct = list(dict.fromkeys(pats))
         if name == "reference":
             self.plans = list(self.distinct)
@@ -203,19 +200,44 @@ class _Route:
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order))
         self.inverse = inverse.to(device)
+        self.mod = mod = _module(name)
+        head_plans = [self.plans[i] for i in self.head_plan]
+        if name == "triton" and len({p.block for p in head_plans}) == 1:
+            tables = mod.kernel_tables(head_plans, device)
+            self.run = lambda q, k, v, scale: mod.attention_tables(q, k, v, tables, scale)
+        elif len(self.distinct) == 1:
+            self.run = lambda q, k, v, scale: mod.attention(q, k, v, self.plans[0], scale)
+        elif getattr(mod, "attention_multihead", None) is not None:
+            self.run = lambda q, k, v, scale: mod.attention_multihead(q, k, v, head_plans, scale)
+        else:
+            self.run = self._grouped
+
+    def _grouped(self, q, k, v, scale):
+        """Group the heads by pattern, run each group, put the heads back in order."""
+        outs = [self.mod.attention(q[:, sel], k[:, sel], v[:, sel], plan, scale)
+                for sel, plan in zip(self.groups, self.plans)]
+        return torch.cat(outs, dim=1)[:, self.inverse]
+
+    def matches(self, source) -> bool:
+        if isinstance(source, Pattern):
+            return source is self.source
+        return len(source) == len(self.patterns) and all(a is b for a, b in zip(source, self.patterns))
 
 
 _ROUTES: dict[tuple, _Route] = {}
 _MAX_ROUTES = 256
 
 
-def _route(name: str, pats: list[Pattern], n: int, device: torch.device) -> _Route:
-    """The cached :class:`_Route` (keyed by the patterns' identities, checked on a hit)."""
-    key = (name, n, str(device), tuple(map(id, pats)))
-    hit = _ROUTES.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit.patterns, pats)):
+def _route(backend: str, pattern, heads: int, n: int, device: torch.device) -> _Route:
+    """The cached :class:`_Route` (keyed by the pattern objects' identities, checked on a hit)."""
+    ids = id(pattern) if isinstance(pattern, Pattern) else (
+        tuple(map(id, pattern)) if isinstance(pattern, Sequence) and not isinstance(pattern, str) else None)
+    key = (backend, n, heads, device.type, device.index, os.environ.get("TRITON_INTERPRET"), ids)
+    hit = _ROUTES.get(key) if ids is not None else None
+    if hit is not None and hit.matches(pattern):
         return hit
     if len(_ROUTES) >= _MAX_ROUTES:
         _ROUTES.clear()
-    route = _ROUTES[key] = _Route(name, pats, n, device)
+    route = _Route(backend, pattern, heads, n, device)
+    _ROUTES[key] = route
     return route

@@ -51,7 +51,8 @@ import torch
 
 from ..patterns import BlockPlan
 
-__all__ = ["CONFIGS", "attention", "attention_multihead", "available", "launch_stats"]
+__all__ = ["CONFIGS", "attention", "attention_multihead", "attention_tables", "available", "kernel_tables",
+           "launch_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,12 @@ CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
     ("bwd", 64): (4, 2, 1),
     ("bwd", 128): (8, 2, 1),
 }
-# Register cap per (kernel, tile size) (ptxas ``maxnreg``; None: Triton's default). A lower cap
-# lets more programs share a multiprocessor, which helps the latency-bound short walks.
-MAXNREG: dict[tuple[str, int], int | None] = {}
+# Register cap per (kernel, tile size) for head dims <= 64 (ptxas ``maxnreg``; absent: Triton's
+# default, which lets ptxas take all 255 registers and so fits only two 4-warp programs on a
+# multiprocessor). 168 fits three: 1.1-1.3x faster forward and backward at 64-row tiles on the H100
+# for both short and long walks (benchmarks/kernel_sweep.py, docs/kernels.md); 128 spills in the
+# backward. Wider head dims keep the default (not measured).
+MAXNREG: dict[tuple[str, int], int | None] = {("fwd", 64): 168, ("bwd", 64): 168}
 LONG_WALK = 8  # mean visits per query tile from which a plan list counts as "long"
 INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no delta pre-pass)
 
@@ -188,12 +192,12 @@ class _PlanTables:
     qpos: torch.Tensor  # (TQ, B)
     kdesc: torch.Tensor  # (TK, 5)
     kpos: torch.Tensor  # (TK, B)
-    fvis: torch.Tensor  # (V, 2): key tile, mask code; by query tile, fast / masked / gathered visits
+    fvis: torch.Tensor  # (V, 2): key tile, mask code; by query tile, fast / causal / mask-tile / gathered
     fptr: torch.Tensor  # (TQ + 1,)
-    fsplit: torch.Tensor  # (TQ, 2): visits before the masked ones, before the gathered ones
-    bvis: torch.Tensor  # (V, 2): query tile, mask code; by key tile, fast / masked / gathered visits
+    fsplit: torch.Tensor  # (TQ, 3): visits before the causal ones, the mask-tile ones, the gathered ones
+    bvis: torch.Tensor  # (V, 2): query tile, mask code; by key tile, fast / causal / mask-tile / gathered
     bptr: torch.Tensor  # (TK + 1,)
-    bsplit: torch.Tensor  # (TK, 2)
+    bsplit: torch.Tensor  # (TK, 3)
     masks: torch.Tensor  # (M, B, B) bool: the distinct element masks (mask codes >= 0 index them)
     q_rounds: list  # lists of query-tile ids whose slots merge in one pass
     k_rounds: list
@@ -259,21 +263,20 @@ def _plan_tables(plan: BlockPlan) -> _PlanTables:
         k_off += tk
     vt, vk, vm = torch.cat(vis_t), torch.cat(vis_k), torch.cat(vis_m)
     qd_all, kd_all = torch.cat(qdesc), torch.cat(kdesc)
-    # Three kinds of visit, in this order in each list: fast (no mask, both tiles' rows a
+    # Four kinds of visit, in this order in each list: fast (no mask, both tiles' rows a
     # progression: the key loads depend on one level of table loads only, which Triton's pipeliner
-    # overlaps), masked (progressions, causal or a mask tile: no row checks), gathered (a tile
-    # with padding or rows from the position table: the general path).
+    # overlaps), causal and mask-tile (progressions under that element mask; no row checks), and
+    # gathered (a tile with padding or rows from the position table: the general path).
     ap = (qd_all[vt, 0] >= 0) & (kd_all[vk, 0] >= 0)
-    kind = torch.where(ap, (vm != FULL).to(torch.int64), 2)
+    kind = torch.where(ap, torch.where(vm == FULL, 0, torch.where(vm == CAUSAL, 1, 2)), 3)
 
     def csr(major, minor, count):
-        key = (major * 3 + kind) * (q_off + k_off + 1) + minor
+        key = (major * 4 + kind) * (q_off + k_off + 1) + minor
         order = torch.argsort(key, stable=True)
         ptr = torch.zeros(count + 1, dtype=torch.int64)
         ptr[1:] = torch.cumsum(torch.bincount(major, minlength=count), 0)
-        n_fast = torch.bincount(major[kind == 0], minlength=count)
-        n_masked = torch.bincount(major[kind == 1], minlength=count)
-        return torch.stack([minor[order], vm[order]], 1), ptr, torch.stack([n_fast, n_fast + n_masked], 1)
+        ends = [torch.bincount(major[kind <= c], minlength=count) for c in range(3)]
+        return torch.stack([minor[order], vm[order]], 1), ptr, torch.stack(ends, 1)
 
     fvis, fptr, fsplit = csr(vt, vk, q_off)
     bvis, bptr, bsplit = csr(vk, vt, k_off)
@@ -297,7 +300,7 @@ class KernelTables:
     kpos: torch.Tensor
     fvis: torch.Tensor  # (V, 6) int32: key tile, mask code, key tile descriptor (4)
     fptr: torch.Tensor
-    fsplit: torch.Tensor  # (TQ, 2) int32
+    fsplit: torch.Tensor  # (TQ, 3) int32
     bvis: torch.Tensor  # (V, 6) int32: query tile, mask code, query tile descriptor (4)
     bptr: torch.Tensor
     bsplit: torch.Tensor
@@ -311,6 +314,24 @@ class KernelTables:
     n_kslots: int
     zero_dkv: bool
     long_walk: bool  # mean visits per query tile >= LONG_WALK: deeper software pipelines
+
+    @property
+    def fwd_static(self) -> tuple:
+        """The forward kernel's table arguments (one tuple object: launchers key it once)."""
+        st = self.__dict__.get("_fwd_static")
+        if st is None:
+            st = (self.qdesc, self.qpos, self.kpos, self.fvis, self.fptr, self.fsplit, self.masks, self.fwd_items)
+            object.__setattr__(self, "_fwd_static", st)
+        return st
+
+    @property
+    def bwd_static(self) -> tuple:
+        st = self.__dict__.get("_bwd_static")
+        if st is None:
+            st = (self.qdesc, self.qpos, self.kdesc, self.kpos, self.fvis, self.fptr, self.fsplit,
+                  self.bvis, self.bptr, self.bsplit, self.masks, self.bwd_items)
+            object.__setattr__(self, "_bwd_static", st)
+        return st
 
 
 def _combine(plans: list[BlockPlan], device) -> KernelTables:
@@ -455,21 +476,38 @@ def spec_key(args) -> tuple:
     warps, stages and device) run the same compiled kernel. The key is at least as fine as Triton's
     own specialization, never coarser.
     """
+    return _spec(args)[0]
+
+
+def _spec(args) -> tuple[tuple, tuple]:
+    """(:func:`spec_key` of ``args``, ``args`` with every tensor replaced by its data pointer).
+
+    The compiled kernel's launcher takes an int for a pointer argument as it is; a tensor it asks
+    for ``data_ptr()`` and checks with the driver (``cuPointerGetAttribute``), per argument and per
+    launch. Passing the pointers read here for the alignment check skips both.
+    """
     key = []
+    flat = []
     add = key.append
+    put = flat.append
     tensor = torch.Tensor
     for a in args:  # one loop, no call per argument: this runs on every launch
         t = type(a)
         if t is int:
             kind = "i32" if -2147483648 <= a < 2147483648 else "i64" if _INT64[0] <= a < _INT64[1] else "u64"
             add((kind, a == 1, a % 16 == 0))
+            put(a)
         elif t is float:
             add("fp")
+            put(a)
         elif isinstance(a, tensor):
-            add((a.dtype, a.data_ptr() % 16 == 0))
+            ptr = a.data_ptr()
+            add((a.dtype, ptr % 16 == 0))
+            put(ptr)
         else:
             add(_other_key(a))
-    return tuple(key)
+            put(a)
+    return tuple(key), tuple(flat)
 
 
 def _other_key(a):
@@ -509,14 +547,15 @@ def _direct_launch_supported(triton_module) -> tuple[bool, str]:
 
 
 class _Launcher:
-    """Launches one ``@triton.jit`` kernel: ``launcher(grid, args, consts, warps, stages)``.
+    """Launches one ``@triton.jit`` kernel: ``launcher(grid, args, consts, warps, stages[, maxnreg, static])``.
 
     The first launch of each specialization goes through Triton (``kernel[grid](*args, *consts,
     ...)``: binding, specialization, cache lookup or compile). Its compiled kernel is kept under
-    (constexprs, warps, stages, device, :func:`spec_key` of ``args``), and later launches with the
-    same key call the compiled kernel's launcher directly, skipping Triton's per-call binder (about
-    half of the host time of these 20-45-argument launches). ``consts`` are the kernel's trailing
-    constexpr parameters, positional, in signature order.
+    (constexprs, warps, stages, register cap, device, :func:`spec_key` of ``args`` and of
+    ``static``), and later launches with the same key call the compiled kernel's launcher directly,
+    skipping Triton's per-call binder, with every tensor passed as its data pointer (no per-argument
+    ``data_ptr()`` call and driver check in the launcher). ``consts`` are the kernel's trailing
+    constexpr parameters, positional, in signature order; ``static`` the arguments just before them.
 
     Off (every launch through Triton) under ``TRITON_INTERPRET=1``, for Triton versions other than
     :data:`DIRECT_LAUNCH_VERSIONS`, when ``DIRECT_LAUNCH`` is False, while a launch hook is set (a
@@ -528,6 +567,7 @@ class _Launcher:
     def __init__(self, fn):
         self.fn = fn
         self.compiled: dict = {}
+        self.static_cache: dict = {}  # id(static tuple) -> (tuple, key, pointers)
         self.n_direct = 0
         self.n_triton = 0
 
@@ -559,34 +599,49 @@ class _Launcher:
         return all(bool(getattr(p, "is_constexpr", False)) == (i >= n_args) for i, p in enumerate(params))
 
     def __call__(self, grid: tuple, args: tuple, consts: tuple, num_warps: int, num_stages: int,
-                 maxnreg: int | None = None) -> None:
+                 maxnreg: int | None = None, static: tuple = ()) -> None:
+        """``static``: trailing arguments that stay the same across calls (the plan's tables), as one
+        tuple object kept by the caller: its key and pointers are computed once per tuple."""
         key = None
         if self._ok():
             st = self.state
             rt = st["runtime"]
             if _hooks_idle(rt.launch_enter_hook) and _hooks_idle(rt.launch_exit_hook):
                 device = torch.cuda.current_device()
-                key = (consts, num_warps, num_stages, maxnreg, device, spec_key(args))
+                dyn_key, flat = _spec(args)
+                static_key, static_flat = self._static(static)
+                key = (consts, num_warps, num_stages, maxnreg, device, dyn_key, static_key)
                 k = self.compiled.get(key)
                 if k is not None:
                     try:
                         k.run(*grid, *(1,) * (3 - len(grid)), st["stream"](device), k.function, k.packed_metadata,
-                              None, None, None, *args, *consts)
+                              None, None, None, *flat, *static_flat, *consts)
                         self.n_direct += 1
                         return
                     except Exception as e:  # noqa: BLE001  (any mismatch: fall back for good)
                         self._disable(f"direct launch of {self.fn.__name__} failed ({type(e).__name__}: {e})")
                         key = None
         extra = {} if maxnreg is None else {"maxnreg": maxnreg}
-        k = self.fn[grid](*args, *consts, num_warps=num_warps, num_stages=num_stages, **extra)
+        k = self.fn[grid](*args, *static, *consts, num_warps=num_warps, num_stages=num_stages, **extra)
         self.n_triton += 1
         if key is not None and self._ok():
             usable = all(hasattr(k, a) for a in ("function", "packed_metadata", "run")) and k.function is not None
-            if not usable or not self._check_signature(len(args), len(consts)):
+            if not usable or not self._check_signature(len(args) + len(static), len(consts)):
                 self._disable(f"{self.fn.__name__}: compiled kernel or signature not as coded "
-                              f"({type(k).__name__}, {len(args)} + {len(consts)} arguments)")
+                              f"({type(k).__name__}, {len(args) + len(static)} + {len(consts)} arguments)")
             else:
                 self.compiled[key] = k
+
+    def _static(self, static: tuple) -> tuple:
+        """(key, pointers) of a static argument tuple, cached by the tuple's identity."""
+        if not static:
+            return (), ()
+        hit = self.static_cache.get(id(static))
+        if hit is None or hit[0] is not static:
+            if len(self.static_cache) > 64:
+                self.static_cache.clear()
+            hit = self.static_cache[id(static)] = (static, *_spec(static))
+        return hit[1], hit[2]
 
 
 def _hooks_idle(hook) -> bool:
@@ -631,10 +686,11 @@ def launch_stats() -> dict:
     return {"direct_ok": bool(st.get("ok")) and DIRECT_LAUNCH, "reason": st.get("reason", ""), **_K.stats()}
 
 
-def _config(kind: str, tabs: KernelTables) -> tuple[int, int, int | None]:
+def _config(kind: str, tabs: KernelTables, head_dim: int) -> tuple[int, int, int | None]:
     """(num_warps, num_stages, maxnreg) for a kernel over these tables."""
     warps, long_stages, short_stages = CONFIGS.get((kind, tabs.block), (4, 2, 1))
-    return warps, long_stages if tabs.long_walk else short_stages, MAXNREG.get((kind, tabs.block))
+    cap = MAXNREG.get((kind, tabs.block)) if head_dim <= 64 else None
+    return warps, long_stages if tabs.long_walk else short_stages, cap
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
@@ -658,17 +714,15 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
         lse_s = torch.empty(bsz, h, rows, device=q.device, dtype=torch.float32)
     else:
         o_s, lse_s = o, lse  # never written (no slot tiles)
-    warps, stages, maxnreg = _config("fwd", tabs)
+    warps, stages, maxnreg = _config("fwd", tabs, max(d, dv))
     grid = (tabs.fwd_items.shape[0], bsz)
     kern.fwd_kernel(
         grid,
         (q, k, v, o, lse, o_s, lse_s,
          *_strides3(q), *_strides3(k), *_strides3(v),
-         h, n, rows,
-         tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fsplit, tabs.masks, tabs.fwd_items,
-         scale * LOG2E),
+         h, n, rows, scale * LOG2E),
         (blk, d, dv, _pow2(d), _pow2(dv)),  # BLOCK, D, DV, BD, BDV
-        warps, stages, maxnreg,
+        warps, stages, maxnreg, tabs.fwd_static,
     )
     for items in tabs.q_round_items:
         kern.merge_kernel(
@@ -708,18 +762,15 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         dv_s = torch.empty(bsz, h, krows, dv, device=q.device, dtype=torch.float32)
     else:
         dk_s, dv_s = dk, dvv
-    warps, stages, maxnreg = _config("bwd", tabs)
+    warps, stages, maxnreg = _config("bwd", tabs, max(d, dv))
     grid = (tabs.bwd_items.shape[0], bsz)
     kern.bwd_kernel(
         grid,
         (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
          *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
-         h, n, qrows, krows,
-         tabs.qdesc, tabs.qpos, tabs.kdesc, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fsplit,
-         tabs.bvis, tabs.bptr, tabs.bsplit, tabs.masks, tabs.bwd_items,
-         scale, scale * LOG2E),
+         h, n, qrows, krows, scale, scale * LOG2E),
         (blk, d, dv, _pow2(d), _pow2(dv), inline_delta),  # BLOCK D DV BD BDV INLINE_DELTA
-        warps, stages, maxnreg,
+        warps, stages, maxnreg, tabs.bwd_static,
     )
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
         kern.add_slots_kernel(
@@ -758,19 +809,34 @@ class _TritonSparseAttention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def _check(q, k, v, plans: list[BlockPlan]) -> None:
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _check_tensors(q, v) -> None:
+    if q.dtype not in _DTYPES:
         raise ValueError(f"the triton backend takes float16, bfloat16 or float32, got {q.dtype}")
     d, dv = q.shape[-1], v.shape[-1]
     if d > 256 or dv > 256:
         raise ValueError(f"the triton backend supports head dims up to 256, got {d} and {dv}")
-    n = q.shape[2]
+
+
+def _check_plans(n: int, plans: list[BlockPlan]) -> None:
     for p in plans:
         if p.n != n:
             raise ValueError(f"plan built for n={p.n}, inputs have n={n}")
         b = p.block
         if b < 16 or b & (b - 1):
             raise ValueError(f"the triton backend needs a power-of-two plan block >= 16, got {b}")
+
+
+def attention_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
+    """Attention over prepared :func:`kernel_tables` (the dispatcher keeps them per call site, so
+    a call does no planning work): checks the tensors against the tables and runs."""
+    if q.shape[1] != tabs.heads or q.shape[2] != tabs.n:
+        raise ValueError(f"tables built for {tabs.heads} heads and n={tabs.n}, inputs have "
+                         f"{q.shape[1]} heads and n={q.shape[2]}")
+    _check_tensors(q, v)
+    return _TritonSparseAttention.apply(q, k, v, tabs, scale)
 
 
 def attention_multihead(
@@ -784,7 +850,8 @@ def attention_multihead(
     """
     if len(plans) != q.shape[1]:
         raise ValueError(f"got {len(plans)} plans for {q.shape[1]} heads")
-    _check(q, k, v, plans)
+    _check_tensors(q, v)
+    _check_plans(q.shape[2], plans)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     blocks = sorted({p.block for p in plans})
     if len(blocks) > 1:  # one launch family per tile size
@@ -795,8 +862,7 @@ def attention_multihead(
             sel = torch.tensor(idx, device=q.device)
             parts.append((sel, attention_multihead(q[:, sel], k[:, sel], v[:, sel], [plans[h] for h in idx], scale)))
         return out.index_copy(1, torch.cat([s for s, _ in parts]), torch.cat([o for _, o in parts], 1))
-    tabs = kernel_tables(plans, q.device)
-    return _TritonSparseAttention.apply(q, k, v, tabs, scale)
+    return attention_tables(q, k, v, kernel_tables(plans, q.device), scale)
 
 
 def attention(

@@ -97,7 +97,7 @@ def _mask_bits(masks, code, BLOCK: tl.constexpr, TRANS: tl.constexpr):
 def _allowed(masks, code, qi, kj, BLOCK: tl.constexpr, TRANS: tl.constexpr, CHECK_ROWS: tl.constexpr):
     """Element mask of a visit, (queries, keys) or (keys, queries) with TRANS. ``code``: -1 every
     pair, -2 causal, m >= 0 the plan's mask tile m (padding and causality included). CHECK_ROWS:
-    the tiles may hold padding rows (-1), masked here for codes -1/-2."""
+    the tiles may hold padding rows (-1), masked here for codes -1/-2 (the gathered visits)."""
     if code >= 0:
         ok = _mask_bits(masks, code, BLOCK, TRANS)
     else:
@@ -106,6 +106,12 @@ def _allowed(masks, code, qi, kj, BLOCK: tl.constexpr, TRANS: tl.constexpr, CHEC
         if CHECK_ROWS:
             ok = ok & (x >= 0) & (y >= 0)
     return ok
+
+
+@triton.jit
+def _causal(qi, kj, TRANS: tl.constexpr):
+    x, y = _outer(qi, kj, TRANS)
+    return y <= x
 
 
 @triton.jit
@@ -135,9 +141,8 @@ def _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, MASKED: tl.constexpr):
 def fwd_kernel(
     Q, K, V, O, LSE, OS, LSES,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
-    H, N, SROWS,
+    H, N, SROWS, qk_scale,
     qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items,
-    qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -157,20 +162,26 @@ def fwd_kernel(
     acc = tl.zeros([BLOCK, BDV], tl.float32)
     e0 = tl.load(fptr + t)
     e1 = tl.load(fptr + t + 1)
-    ef = e0 + tl.load(fsplit + 2 * t)
-    em = e0 + tl.load(fsplit + 2 * t + 1)
+    ef = e0 + tl.load(fsplit + 3 * t)
+    ec = e0 + tl.load(fsplit + 3 * t + 1)
+    em = e0 + tl.load(fsplit + 3 * t + 2)
     # Fast visits: every pair allowed, tile rows an arithmetic progression: no mask, no gather.
     for e in range(e0, ef):
         kj = _visit_rows_ap(fvis, e, BLOCK)
         k = _load_rows(kb, kj, skn, od, D, BD, False)
         v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, 0, qk_scale, False)
-    # Masked visits: progressions under a causal or mask-tile element mask.
-    for e in range(ef, em):
+    # Causal visits (the diagonal), then mask-tile visits: progressions under an element mask.
+    for e in range(ef, ec):
         kj = _visit_rows_ap(fvis, e, BLOCK)
         k = _load_rows(kb, kj, skn, od, D, BD, False)
         v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
-        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, False)
+        m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, _causal(qi, kj, False), qk_scale, True)
+    for e in range(ec, em):
+        kj = _visit_rows_ap(fvis, e, BLOCK)
+        k = _load_rows(kb, kj, skn, od, D, BD, False)
+        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), BLOCK, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
     # Gathered visits (padding or position-table rows): the general path.
     for e in range(em, e1):
@@ -323,16 +334,21 @@ def _bwd_dkdv(
     dv = tl.zeros([BLOCK, BDV], tl.float32)
     e0 = tl.load(bptr + kt)
     e1 = tl.load(bptr + kt + 1)
-    ef = e0 + tl.load(bsplit + 2 * kt)
-    em = e0 + tl.load(bsplit + 2 * kt + 1)
+    ef = e0 + tl.load(bsplit + 3 * kt)
+    ec = e0 + tl.load(bsplit + 3 * kt + 1)
+    em = e0 + tl.load(bsplit + 3 * kt + 2)
     for e in range(e0, ef):
         qi = _visit_rows_ap(bvis, e, BLOCK)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
         dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, 0, qk_scale, False)
-    for e in range(ef, em):
+    for e in range(ef, ec):
         qi = _visit_rows_ap(bvis, e, BLOCK)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
-        ok = _allowed(masks, tl.load(bvis + e * 6 + 1), qi, kj, BLOCK, True, False)
+        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, _causal(qi, kj, True), qk_scale, True)
+    for e in range(ec, em):
+        qi = _visit_rows_ap(bvis, e, BLOCK)
+        q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
+        ok = _mask_bits(masks, tl.load(bvis + e * 6 + 1), BLOCK, True)
         dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True)
     for e in range(em, e1):
         qi = _visit_rows(bvis, qpos, e, BLOCK)
@@ -379,18 +395,24 @@ def _bwd_dq(
     dq = tl.zeros([BLOCK, BD], tl.float32)
     e0 = tl.load(fptr + t)
     e1 = tl.load(fptr + t + 1)
-    ef = e0 + tl.load(fsplit + 2 * t)
-    em = e0 + tl.load(fsplit + 2 * t + 1)
+    ef = e0 + tl.load(fsplit + 3 * t)
+    ec = e0 + tl.load(fsplit + 3 * t + 1)
+    em = e0 + tl.load(fsplit + 3 * t + 2)
     for e in range(e0, ef):
         kj = _visit_rows_ap(fvis, e, BLOCK)
         k = _load_rows(kb, kj, skn, od, D, BD, False)
         v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, 0, qk_scale, False)
-    for e in range(ef, em):
+    for e in range(ef, ec):
         kj = _visit_rows_ap(fvis, e, BLOCK)
         k = _load_rows(kb, kj, skn, od, D, BD, False)
         v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
-        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, False)
+        dq = _dq_step(q, do, k, v, lse, dl, dq, _causal(qi, kj, False), qk_scale, True)
+    for e in range(ec, em):
+        kj = _visit_rows_ap(fvis, e, BLOCK)
+        k = _load_rows(kb, kj, skn, od, D, BD, False)
+        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), BLOCK, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
     for e in range(em, e1):
         kj = _visit_rows(fvis, kpos, e, BLOCK)
@@ -414,9 +436,8 @@ def _bwd_dq(
 def bwd_kernel(
     Q, K, V, DO, O, DQ, DK, DV_, LSE, DELTA, DQS, DKS, DVS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
-    H, N, QROWS, KROWS,
+    H, N, QROWS, KROWS, scale, qk_scale,
     qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
-    scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     INLINE_DELTA: tl.constexpr,
 ):
