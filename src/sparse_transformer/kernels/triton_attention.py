@@ -57,7 +57,7 @@ __all__ = ["CONFIGS", "attention", "attention_multihead", "attention_tables", "a
 log = logging.getLogger(__name__)
 
 LOG2E = 1.4426950408889634
-FULL, CAUSAL = -1, -2  # visit mask codes besides predicate ids >= 0
+FULL, CAUSAL = -1, -2  # visit mask codes besides mask-tile ids >= 0
 
 # Launch configurations per kernel and tile size: (num_warps, num_stages for long visit lists,
 # num_stages for short ones). Deep pipelines pay off only when a program walks many tiles (the fixed
@@ -66,7 +66,7 @@ FULL, CAUSAL = -1, -2  # visit mask codes besides predicate ids >= 0
 CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
     ("fwd", 16): (2, 2, 2),
     ("fwd", 32): (4, 2, 2),
-    ("fwd", 64): (4, 3, 2),
+    ("fwd", 64): (4, 3, 1),
     ("fwd", 128): (8, 3, 2),
     ("bwd", 16): (2, 2, 1),
     ("bwd", 32): (4, 2, 1),
