@@ -80,7 +80,12 @@ CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
 # backward. Wider head dims keep the default (not measured).
 MAXNREG: dict[tuple[str, int], int | None] = {("fwd", 64): 168, ("bwd", 64): 168}
 LONG_WALK = 8  # mean visits per query tile from which a plan list counts as "long"
-INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no delta pre-pass)
+INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no delta pre-pass) ...
+# ... while the backward has fewer query rows (batch * heads * n) than this. Inline saves a launch
+# (host time, which decides small calls); the pre-pass saves reloading O per visit (GPU time, which
+# decides large ones): strided pair on the H100, backward kernels 0.130 vs 0.126 ms at 8 x 16,384
+# rows but eager 0.327 vs 0.468 ms; at 8 x 65,536 rows 0.615 vs 0.588 ms (gpu_check run 7).
+INLINE_DELTA_MAX_ROWS = 2**19
 
 
 _CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 8.0 (asked once)
@@ -742,7 +747,7 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     # Short walks (each query tile visited by few key tiles): rowsum(dO * O) is computed inside the
     # backward programs, one launch less. Long walks (the fixed pattern's summary columns) would
     # recompute it for every visit, so they keep the pre-pass.
-    inline_delta = INLINE_DELTA and not tabs.long_walk
+    inline_delta = INLINE_DELTA and not tabs.long_walk and bsz * h * n < INLINE_DELTA_MAX_ROWS
     if inline_delta:
         delta = lse  # not read
     else:

@@ -116,17 +116,18 @@ def _causal(qi, kj, TRANS: tl.constexpr):
 
 @triton.jit
 def _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, MASKED: tl.constexpr):
-    """One visit of the forward: scores, online softmax update (log2 domain)."""
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    """One visit of the forward: scores, online softmax update (log2 domain; the scale is applied
+    inside the exponent's multiply-add, not as a separate pass over the scores)."""
+    s = tl.dot(q, tl.trans(k))
     if MASKED:
         s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet
     else:
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         m_use = m_new
     alpha = tl.math.exp2(m_i - m_use)
-    p = tl.math.exp2(s - m_use[:, None])
+    p = tl.math.exp2(s * qk_scale - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return m_new, l_i, acc
