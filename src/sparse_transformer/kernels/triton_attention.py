@@ -197,12 +197,12 @@ class _PlanTables:
     qpos: torch.Tensor  # (TQ, B)
     kdesc: torch.Tensor  # (TK, 5)
     kpos: torch.Tensor  # (TK, B)
-    fvis: torch.Tensor  # (V, 2): key tile, mask code; by query tile, fast / causal / mask-tile / gathered
+    fvis: torch.Tensor  # (V, 2): key tile, mask code; by query tile, then kind (see _plan_tables)
     fptr: torch.Tensor  # (TQ + 1,)
-    fsplit: torch.Tensor  # (TQ, 3): visits before the causal ones, the mask-tile ones, the gathered ones
-    bvis: torch.Tensor  # (V, 2): query tile, mask code; by key tile, fast / causal / mask-tile / gathered
+    fsplit: torch.Tensor  # (TQ, 4): visits before the other fast ones, the causal, mask-tile, gathered ones
+    bvis: torch.Tensor  # (V, 2): query tile, mask code; by key tile, the same kinds
     bptr: torch.Tensor  # (TK + 1,)
-    bsplit: torch.Tensor  # (TK, 3)
+    bsplit: torch.Tensor  # (TK, 4)
     masks: torch.Tensor  # (M, B, B) bool: the distinct element masks (mask codes >= 0 index them)
     q_rounds: list  # lists of query-tile ids whose slots merge in one pass
     k_rounds: list
@@ -268,23 +268,31 @@ def _plan_tables(plan: BlockPlan) -> _PlanTables:
         k_off += tk
     vt, vk, vm = torch.cat(vis_t), torch.cat(vis_k), torch.cat(vis_m)
     qd_all, kd_all = torch.cat(qdesc), torch.cat(kdesc)
-    # Four kinds of visit, in this order in each list: fast (no mask, both tiles' rows a
+    # Five kinds of visit, in this order in each list: fast (no mask, both tiles' rows a
     # progression: the key loads depend on one level of table loads only, which Triton's pipeliner
-    # overlaps), causal and mask-tile (progressions under that element mask; no row checks), and
-    # gathered (a tile with padding or rows from the position table: the general path).
+    # overlaps), first those whose visited tile is contiguous and 16-aligned (vector loads), then the
+    # others; causal and mask-tile (progressions under that element mask; no row checks); gathered
+    # (a tile with padding or rows from the position table: the general path).
     ap = (qd_all[vt, 0] >= 0) & (kd_all[vk, 0] >= 0)
-    kind = torch.where(ap, torch.where(vm == FULL, 0, torch.where(vm == CAUSAL, 1, 2)), 3)
+    kind = torch.where(ap, torch.where(vm == FULL, 1, torch.where(vm == CAUSAL, 2, 3)), 4)
+    shift = plan.block.bit_length() - 1
 
-    def csr(major, minor, count):
-        key = (major * 4 + kind) * (q_off + k_off + 1) + minor
+    def contiguous(desc):
+        return (desc[:, 0] >= 0) & (desc[:, 0] % 16 == 0) & (desc[:, 1] == shift) & (desc[:, 2] == 1)
+
+    f_kind = torch.where((kind == 1) & contiguous(kd_all)[vk], 0, kind)  # forward lists visit key tiles
+    b_kind = torch.where((kind == 1) & contiguous(qd_all)[vt], 0, kind)  # backward lists, query tiles
+
+    def csr(major, minor, count, kind):
+        key = (major * 5 + kind) * (q_off + k_off + 1) + minor
         order = torch.argsort(key, stable=True)
         ptr = torch.zeros(count + 1, dtype=torch.int64)
         ptr[1:] = torch.cumsum(torch.bincount(major, minlength=count), 0)
-        ends = [torch.bincount(major[kind <= c], minlength=count) for c in range(3)]
+        ends = [torch.bincount(major[kind <= c], minlength=count) for c in range(4)]
         return torch.stack([minor[order], vm[order]], 1), ptr, torch.stack(ends, 1)
 
-    fvis, fptr, fsplit = csr(vt, vk, q_off)
-    bvis, bptr, bsplit = csr(vk, vt, k_off)
+    fvis, fptr, fsplit = csr(vt, vk, q_off, f_kind)
+    bvis, bptr, bsplit = csr(vk, vt, k_off, b_kind)
     return _PlanTables(
         qd_all, torch.cat(qpos), kd_all, torch.cat(kpos), fvis, fptr, fsplit,
         bvis, bptr, bsplit, bank.stacked(plan.block), q_rounds, k_rounds, n_qslots, n_kslots,
@@ -305,7 +313,7 @@ class KernelTables:
     kpos: torch.Tensor
     fvis: torch.Tensor  # (V, 6) int32: key tile, mask code, key tile descriptor (4)
     fptr: torch.Tensor
-    fsplit: torch.Tensor  # (TQ, 3) int32
+    fsplit: torch.Tensor  # (TQ, 4) int32
     bvis: torch.Tensor  # (V, 6) int32: query tile, mask code, query tile descriptor (4)
     bptr: torch.Tensor
     bsplit: torch.Tensor
