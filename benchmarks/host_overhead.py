@@ -21,11 +21,11 @@ from pathlib import Path
 os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import torch  # noqa: E402
+import torch
 
-from sparse_transformer import patterns as P  # noqa: E402
-from sparse_transformer import sparse_attention  # noqa: E402
-from sparse_transformer.kernels import triton_attention as TA  # noqa: E402
+from sparse_transformer import patterns as P
+from sparse_transformer import sparse_attention
+from sparse_transformer.kernels import triton_attention as TA
 
 
 def main() -> None:

@@ -30,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sparse_transformer import patterns as P  # noqa: E402
-from sparse_transformer import sparse_attention  # noqa: E402
-from sparse_transformer.kernels import triton_attention as TA  # noqa: E402
+from sparse_transformer import patterns as P
+from sparse_transformer import sparse_attention
+from sparse_transformer.kernels import triton_attention as TA
 
 # (tile, fwd (warps, stages, maxnreg), bwd (warps, stages, maxnreg)); the first is the reference.
 SHORT = [
@@ -167,7 +167,7 @@ def main() -> None:
     print("host", json.dumps(host), flush=True)
     try:
         commit = os.environ.get("GIT_COMMIT") or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False).stdout.strip()
     except OSError:
         commit = "unknown"
     result = {
@@ -178,9 +178,9 @@ def main() -> None:
     print(f"\n{'case':8s} {'N':>6s} {'tile':>4s} {'fwd cfg':>14s} {'bwd cfg':>14s} {'fwd ms':>8s} {'bwd ms':>8s} {'f+b':>8s}")
     for r in rows:
         if "error" in r:
-            print(f"{r['case']:8s} {r['n']:6d} {r['block']:4d} {str(r['fwd_cfg']):>14s} {str(r['bwd_cfg']):>14s} error {r['error'][:60]}")
+            print(f"{r['case']:8s} {r['n']:6d} {r['block']:4d} {r['fwd_cfg']!s:>14s} {r['bwd_cfg']!s:>14s} error {r['error'][:60]}")
             continue
-        print(f"{r['case']:8s} {r['n']:6d} {r['block']:4d} {str(r['fwd_cfg']):>14s} {str(r['bwd_cfg']):>14s} "
+        print(f"{r['case']:8s} {r['n']:6d} {r['block']:4d} {r['fwd_cfg']!s:>14s} {r['bwd_cfg']!s:>14s} "
               f"{r['fwd_ms']:8.3f} {r['bwd_ms']:8.3f} {r['fb_ms']:8.3f}  diff {r.get('max_diff_vs_first', 0):.2e}")
     out = Path(args.out or os.environ.get("OUT", ".")) / "kernel-sweep.json" if not (args.out or "").endswith(".json") else Path(args.out)
     out.write_text(json.dumps(result, indent=1))

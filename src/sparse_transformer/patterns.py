@@ -53,7 +53,7 @@ __all__ = [
     "union",
 ]
 
-# Term kinds, shared with the kernels (they evaluate predicates from these integer codes).
+# Term kinds (integer codes of the atomic terms the predicates are built from).
 DENSE, LOCAL, STRIDED, BLOCK, SUMMARY = 0, 1, 2, 3, 4
 PATTERN_NAMES = ("dense", "fixed", "local", "strided")
 
@@ -375,12 +375,6 @@ class Predicate:
             m = m & ~_eval_terms(self.exclude, i, j)
         return m
 
-    def encode(self, width: int) -> torch.Tensor:
-        """(width, 5) int32 rows (sign, kind, a, b, c): sign +1 include, -1 exclude, 0 unused."""
-        rows = [(1, *t) for t in self.include] + [(-1, *t) for t in self.exclude]
-        rows += [(0, 0, 0, 0, 0)] * (width - len(rows))
-        return torch.tensor(rows, dtype=torch.int32)
-
 
 # --------------------------------------------------------------------------------------------
 # Block plans
@@ -442,13 +436,6 @@ class Segment:
     def k_ap(self) -> torch.Tensor:
         """(Tk, 2) (start, step) of each key tile when it is an arithmetic progression."""
         return _ap_info(self.k_tiles)
-
-    def pred_table(self) -> torch.Tensor:
-        """(P, U, 5) int32 predicate encodings for kernels (see :meth:`Predicate.encode`)."""
-        width = max([len(p.include) + len(p.exclude) for p in self.preds] + [1])
-        if not self.preds:
-            return torch.zeros(1, width, 5, dtype=torch.int32, device=self.layout.device)
-        return torch.stack([p.encode(width) for p in self.preds]).to(self.layout.device)
 
     def to(self, device: torch.device | str) -> Segment:
         return Segment(

@@ -20,10 +20,12 @@ How a plan becomes work
   of one residue class directly, no permutation pass), several residue classes per tile and the
   gathered summary columns (runs of c contiguous rows, one run per l-block). Other tiles (ragged
   tails) fall back to a per-row index table (``start = -1``).
-* Each query tile has a visit list (CSR) of key tiles. *Fast* visits come first: every pair allowed
-  and both tiles described by a progression, so they run with no mask and no gather (and their
-  loads pipeline). The others carry a mask code: ``-1`` none, ``-2`` causal only, ``p >= 0`` the
-  element predicate ``p`` (rows of (sign, kind, a, b, c), see :meth:`Segment.pred_table`).
+* Each query tile has a visit list (CSR) of key tiles, in kinds that each kernel walks with a loop
+  of its own: *fast* visits (every pair allowed, both tiles progressions: no mask, no gather, the
+  loads pipeline; contiguous visited tiles first), *causal* visits, *mask-tile* visits and
+  *gathered* ones (padding rows or position-table rows). A visit's mask code is ``-1`` none, ``-2``
+  causal, ``m >= 0`` tile m of the plan's mask bank (:class:`_MaskBank`: each distinct element
+  mask once, as bit words, evaluated on the host from the plan's predicate).
   The upper triangle is never visited: the plans list only causal tiles.
 * Forward: one program per (head, query tile), online softmax in float32 (exp2), output and
   log-sum-exp written once; no score matrix in memory.

@@ -74,6 +74,23 @@ def _load_rows(base, rows, stride, offs_d, D: tl.constexpr, BD: tl.constexpr, RO
 
 
 @triton.jit
+def _kv_tile(kb, vb, kj, skn, svn, od, odv, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+             BDV: tl.constexpr, ROWMASK: tl.constexpr):
+    """The K and V rows ``kj`` of one key tile."""
+    return _load_rows(kb, kj, skn, od, D, BD, ROWMASK), _load_rows(vb, kj, svn, odv, DV, BDV, ROWMASK)
+
+
+@triton.jit
+def _walk_bounds(ptr, split, t):
+    """A tile's visit list: [e0, e1), with the ends of its contiguous fast, other fast, causal and
+    mask-tile visits (the gathered ones run from the last to e1)."""
+    e0 = tl.load(ptr + t)
+    sp = split + 4 * t
+    return (e0, tl.load(ptr + t + 1), e0 + tl.load(sp), e0 + tl.load(sp + 1), e0 + tl.load(sp + 2),
+            e0 + tl.load(sp + 3))
+
+
+@triton.jit
 def _outer(x, y, TRANS: tl.constexpr):
     """(x_i, y_j) -> full (queries, keys) shape, or (keys, queries) with TRANS; x per query, y per key."""
     if TRANS:
@@ -169,41 +186,31 @@ def fwd_kernel(
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BDV], tl.float32)
-    e0 = tl.load(fptr + t)
-    e1 = tl.load(fptr + t + 1)
-    e_c = e0 + tl.load(fsplit + 4 * t)
-    ef = e0 + tl.load(fsplit + 4 * t + 1)
-    ec = e0 + tl.load(fsplit + 4 * t + 2)
-    em = e0 + tl.load(fsplit + 4 * t + 3)
+    e0, e1, e_c, ef, ec, em = _walk_bounds(fptr, fsplit, t)
     # Fast visits: every pair allowed, tile rows an arithmetic progression: no mask, no gather.
     # Contiguous key tiles first (vector loads), then the other progressions.
     for e in range(e0, e_c):
         kj = _visit_rows_contig(fvis, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, False)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, 0, qk_scale, False)
     for e in range(e_c, ef):
         kj = _visit_rows_ap(fvis, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, False)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, 0, qk_scale, False)
     # Causal visits (the diagonal), then mask-tile visits: progressions under an element mask.
     for e in range(ef, ec):
         kj = _visit_rows_ap(fvis, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, False)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, _causal(qi, kj, False), qk_scale, True)
     for e in range(ec, em):
         kj = _visit_rows_ap(fvis, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, False)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), BLOCK, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
     # Gathered visits (padding or position-table rows): the general path.
     for e in range(em, e1):
         kj = _visit_rows(fvis, kpos, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, True)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, True)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, True)
         ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, True)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
     l_ok = l_i > 0
@@ -348,12 +355,7 @@ def _bwd_dkdv(
     ob = O + bh * N * DV
     dk = tl.zeros([BLOCK, BD], tl.float32)
     dv = tl.zeros([BLOCK, BDV], tl.float32)
-    e0 = tl.load(bptr + kt)
-    e1 = tl.load(bptr + kt + 1)
-    e_c = e0 + tl.load(bsplit + 4 * kt)
-    ef = e0 + tl.load(bsplit + 4 * kt + 1)
-    ec = e0 + tl.load(bsplit + 4 * kt + 2)
-    em = e0 + tl.load(bsplit + 4 * kt + 3)
+    e0, e1, e_c, ef, ec, em = _walk_bounds(bptr, bsplit, kt)
     for e in range(e0, e_c):
         qi = _visit_rows_contig(bvis, e, BLOCK)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
@@ -414,37 +416,27 @@ def _bwd_dq(
     kb = K + b * skb + h * skh
     vb = V + b * svb + h * svh
     dq = tl.zeros([BLOCK, BD], tl.float32)
-    e0 = tl.load(fptr + t)
-    e1 = tl.load(fptr + t + 1)
-    e_c = e0 + tl.load(fsplit + 4 * t)
-    ef = e0 + tl.load(fsplit + 4 * t + 1)
-    ec = e0 + tl.load(fsplit + 4 * t + 2)
-    em = e0 + tl.load(fsplit + 4 * t + 3)
+    e0, e1, e_c, ef, ec, em = _walk_bounds(fptr, fsplit, t)
     for e in range(e0, e_c):
         kj = _visit_rows_contig(fvis, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, False)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, 0, qk_scale, False)
     for e in range(e_c, ef):
         kj = _visit_rows_ap(fvis, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, False)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, 0, qk_scale, False)
     for e in range(ef, ec):
         kj = _visit_rows_ap(fvis, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, False)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, _causal(qi, kj, False), qk_scale, True)
     for e in range(ec, em):
         kj = _visit_rows_ap(fvis, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, False)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, False)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), BLOCK, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
     for e in range(em, e1):
         kj = _visit_rows(fvis, kpos, e, BLOCK)
-        k = _load_rows(kb, kj, skn, od, D, BD, True)
-        v = _load_rows(vb, kj, svn, odv, DV, BDV, True)
+        k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, True)
         ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, True)
         dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
     dq = dq * scale
