@@ -119,6 +119,24 @@ def test_mask_tiles_wide_blocks(block):
         kernels.PLAN_BLOCK["triton"] = saved
 
 
+def test_every_visit_kind():
+    """One launch whose lists hold all five visit kinds, both directions: fast on contiguous tiles
+    (local), fast on strided progressions (strided(8): two 16-row tiles per residue class), causal,
+    mask tile (local windows, fixed blocks) and gathered (strided(5): ragged classes)."""
+    n = 250
+    heads = [P.strided(8), P.local(32), P.union(*P.factorized("fixed", 32, 8)), P.strided(5)]
+    tabs = TA.kernel_tables([p.plan(n, 16, DEVICE) for p in heads], DEVICE)
+    for split, ptr in ((tabs.fsplit, tabs.fptr), (tabs.bsplit, tabs.bptr)):
+        ends = split.long().cpu()
+        total = (ptr[1:] - ptr[:-1]).long().cpu()
+        counts = [ends[:, 0], ends[:, 1] - ends[:, 0], ends[:, 2] - ends[:, 1], ends[:, 3] - ends[:, 2],
+                  total - ends[:, 3]]
+        assert all(int(c.sum()) > 0 for c in counts), [int(c.sum()) for c in counts]
+    q, k, v = qkv(1, 4, n, 32, torch.float32, seed=11)
+    with _Block16():
+        assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
+
+
 def test_mask_bank_dedups():
     """The mask bank stores each distinct tile once: local windows repeat one first-tile mask."""
     tabs = TA.kernel_tables([P.local(128).plan(4096, 64)], "cpu")
