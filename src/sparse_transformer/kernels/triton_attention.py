@@ -1,11 +1,11 @@
 """Fused block-sparse attention in Triton, forward and backward, driven by block plans.
 
 One kernel family serves every pattern: the plan is data (tile position tables, a visit list per
-tile, element predicates), not code. Layout after Triton's ``06-fused-attention`` tutorial, split in
+tile, element masks), not code. Layout after Triton's ``06-fused-attention`` tutorial, split in
 two files so that importing this module does not import Triton:
 
 1. here: plan -> kernel tables (:class:`KernelTables`, cached on the plans) and launch configs,
-2. :mod:`.triton_kernels`: the ``@triton.jit`` helpers (tile rows, element predicates) and the
+2. :mod:`.triton_kernels`: the ``@triton.jit`` helpers (tile rows, element masks) and the
    kernels: forward, the log-sum-exp merge of segments, the backward pre-pass (delta), the fused
    backward (dK/dV programs and dQ programs in one launch), the slot reduction,
 3. here: the ``torch.autograd.Function`` and the public wrappers.
@@ -149,7 +149,7 @@ class _MaskBank:
     in-kernel comparisons: plain causality, or only the padding rows masked), otherwise the id of
     its (block, block) mask in the bank. The masks of the paper's patterns repeat (every local
     window's first tile, every fixed block's own-summary tile, ...), so the bank stays small: the
-    kernel reads one tile of bytes from L2 instead of evaluating the predicate per element.
+    kernel reads one 64-bit word per row from L2 instead of evaluating the predicate per element.
     """
 
     def __init__(self):
