@@ -276,9 +276,9 @@ def _cuda_method(method: str, heads: list, n: int):
     return call, info
 
 
-def measure_cuda(call, q, k, v, g, backward: bool) -> dict:
+def _one_call(call, q, k, v, g, backward: bool):
+    """One timed unit: the forward (no autograd), or forward then backward with gradient ``g``."""
     import torch
-    import triton.testing
 
     def run():
         if backward:
@@ -287,6 +287,14 @@ def measure_cuda(call, q, k, v, g, backward: bool) -> dict:
             with torch.no_grad():
                 call(q, k, v)
 
+    return run
+
+
+def measure_cuda(call, q, k, v, g, backward: bool) -> dict:
+    import torch
+    import triton.testing
+
+    run = _one_call(call, q, k, v, g, backward)
     t0 = time.perf_counter()
     run()  # warm-up: compiles, builds and caches plans / tables
     torch.cuda.synchronize()
@@ -307,13 +315,7 @@ def measure_graph(call, q, k, v, g, backward: bool) -> dict:
     import torch
     import triton.testing
 
-    def step():
-        if backward:
-            call(q, k, v).backward(g)
-        else:
-            with torch.no_grad():
-                call(q, k, v)
-
+    step = _one_call(call, q, k, v, g, backward)
     q.grad = k.grad = v.grad = None
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

@@ -60,6 +60,18 @@ def case_heads(case: str, n: int, heads: int = 8):
     return [P.union(*P.factorized("fixed", 128, 32))] * heads
 
 
+def wall_fb_ms(fn, q, k, v, g, calls: int = 50) -> float:
+    """Wall ms per call of ``calls`` back-to-back eager forward+backward calls (gradients accumulate)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn(q, k, v).backward(g)
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - t0) / calls * 1e3
+    q.grad = k.grad = v.grad = None
+    return ms
+
+
 def pairs(heads, n: int) -> int:
     return sum(p.plan(n, 128).pairs() for p in heads)
 
@@ -238,13 +250,7 @@ def raw_and_wall(heads, n, block, fn, q, k, v, g) -> dict:
     }
     for _ in range(3):
         fn(q, k, v).backward(g)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(50):
-        fn(q, k, v).backward(g)
-    torch.cuda.synchronize()
-    out["wall_fb_ms"] = (time.perf_counter() - t0) / 50 * 1e3
-    q.grad = k.grad = v.grad = None
+    out["wall_fb_ms"] = wall_fb_ms(fn, q, k, v, g)
     return out
 
 
@@ -321,13 +327,7 @@ def binder_only(fn, q, k, v, g) -> dict:
     TA.DIRECT_LAUNCH = False
     try:
         out = {"fwd_ms_binder": bench(fn, False, q, k, v, g), "fb_ms_binder": bench(fn, True, q, k, v, g)}
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(50):
-            fn(q, k, v).backward(g)
-        torch.cuda.synchronize()
-        out["wall_fb_ms_binder"] = (time.perf_counter() - t0) / 50 * 1e3
-        q.grad = k.grad = v.grad = None
+        out["wall_fb_ms_binder"] = wall_fb_ms(fn, q, k, v, g)
     finally:
         TA.DIRECT_LAUNCH = True
     return out

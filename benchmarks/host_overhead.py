@@ -12,7 +12,6 @@ host work an eager call pays before and around its launches. Prints microseconds
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -22,8 +21,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch
+from gpu_check import case_heads  # the target cases' per-head patterns
 
-from sparse_transformer import patterns as P
 from sparse_transformer import sparse_attention
 from sparse_transformer.kernels import triton_attention as TA
 
@@ -34,8 +33,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300)
     args = ap.parse_args()
     TA._Launcher.__call__ = lambda self, *a, **kw: None  # no kernels: host cost only
-    l = 2 ** round(math.log2(math.sqrt(args.n)))
-    pats = [P.local(l)] * 4 + [P.strided(l)] * 4
+    pats = case_heads("strided", args.n)
     q, k, v = (torch.randn(1, 8, args.n, 64, requires_grad=True) for _ in range(3))
     g = torch.randn(1, 8, args.n, 64)
 

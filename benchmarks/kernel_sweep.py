@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -30,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sparse_transformer import patterns as P
+from gpu_check import case_heads  # the target cases' per-head patterns
+
 from sparse_transformer import sparse_attention
 from sparse_transformer.kernels import triton_attention as TA
 
@@ -50,13 +50,6 @@ LONG = [
     (64, (4, 3, 168), (4, 3, 168)),
     (128, (8, 3, 128), (8, 2, 128)),
 ]
-
-
-def heads_for(case: str, n: int):
-    if case == "strided":
-        l = 2 ** round(math.log2(math.sqrt(n)))
-        return [P.local(l)] * 4 + [P.strided(l)] * 4
-    return [P.union(*P.factorized("fixed", 128, 32))] * 8
 
 
 def regs() -> dict:
@@ -81,7 +74,7 @@ def run_variant(case, n, variant, ref=None):
     TA.MAXNREG[("fwd", block)] = fcfg[2]
     TA.MAXNREG[("bwd", block)] = bcfg[2]  # restored by main() after the sweep
     dev = "cuda"
-    tabs = TA.kernel_tables([p.plan(n, block, dev) for p in heads_for(case, n)], dev)
+    tabs = TA.kernel_tables([p.plan(n, block, dev) for p in case_heads(case, n)], dev)
     g = torch.Generator(device=dev).manual_seed(0)
     q, k, v, do = (torch.randn(1, 8, n, 64, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(4))
     scale = 1 / 8
@@ -102,7 +95,7 @@ def run_variant(case, n, variant, ref=None):
 def host_overhead(n: int = 4096) -> dict:
     """us per eager fwd+bwd through sparse_attention: real launches, and launches as no-ops."""
     dev = "cuda"
-    pats = heads_for("strided", n)
+    pats = case_heads("strided", n)
     q, k, v = (torch.randn(1, 8, n, 64, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     g = torch.randn(1, 8, n, 64, device=dev, dtype=torch.bfloat16)
 

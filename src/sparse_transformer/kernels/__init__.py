@@ -193,15 +193,9 @@ class _Route:
         else:
             self.plans = [p.plan(n, plan_block(name, p), device) for p in self.distinct]
         slot = {p: i for i, p in enumerate(self.distinct)}
-        self.head_plan = [slot[p] for p in pats]
-        index = [[h for h, i in enumerate(self.head_plan) if i == g] for g in range(len(self.distinct))]
-        self.groups = [torch.tensor(idx, device=device) for idx in index]
-        order = torch.tensor([h for idx in index for h in idx])
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order))
-        self.inverse = inverse.to(device)
+        head_plan = [slot[p] for p in pats]
+        head_plans = [self.plans[i] for i in head_plan]
         self.mod = mod = _module(name)
-        head_plans = [self.plans[i] for i in self.head_plan]
         if name == "triton" and len({p.block for p in head_plans}) == 1:
             tables = mod.kernel_tables(head_plans, device)
             self.run = lambda q, k, v, scale: mod.attention_tables(q, k, v, tables, scale)
@@ -210,6 +204,12 @@ class _Route:
         elif getattr(mod, "attention_multihead", None) is not None:
             self.run = lambda q, k, v, scale: mod.attention_multihead(q, k, v, head_plans, scale)
         else:
+            index = [[h for h, i in enumerate(head_plan) if i == g] for g in range(len(self.distinct))]
+            self.groups = [torch.tensor(idx, device=device) for idx in index]
+            order = torch.tensor([h for idx in index for h in idx])
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(order))
+            self.inverse = inverse.to(device)
             self.run = self._grouped
 
     def _grouped(self, q, k, v, scale):

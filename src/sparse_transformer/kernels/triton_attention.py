@@ -43,6 +43,7 @@ How a plan becomes work
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import operator
@@ -330,23 +331,15 @@ class KernelTables:
     zero_dkv: bool
     long_walk: bool  # mean visits per query tile >= LONG_WALK: deeper software pipelines
 
-    @property
+    @functools.cached_property
     def fwd_static(self) -> tuple:
         """The forward kernel's table arguments (one tuple object: launchers key it once)."""
-        st = self.__dict__.get("_fwd_static")
-        if st is None:
-            st = (self.qdesc, self.qpos, self.kpos, self.fvis, self.fptr, self.fsplit, self.masks, self.fwd_items)
-            object.__setattr__(self, "_fwd_static", st)
-        return st
+        return (self.qdesc, self.qpos, self.kpos, self.fvis, self.fptr, self.fsplit, self.masks, self.fwd_items)
 
-    @property
+    @functools.cached_property
     def bwd_static(self) -> tuple:
-        st = self.__dict__.get("_bwd_static")
-        if st is None:
-            st = (self.qdesc, self.qpos, self.kdesc, self.kpos, self.fvis, self.fptr, self.fsplit,
-                  self.bvis, self.bptr, self.bsplit, self.masks, self.bwd_items)
-            object.__setattr__(self, "_bwd_static", st)
-        return st
+        return (self.qdesc, self.qpos, self.kdesc, self.kpos, self.fvis, self.fptr, self.fsplit,
+                self.bvis, self.bptr, self.bsplit, self.masks, self.bwd_items)
 
 
 def _combine(plans: list[BlockPlan], device) -> KernelTables:

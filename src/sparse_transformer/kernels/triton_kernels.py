@@ -119,17 +119,15 @@ def _mask_bits(masks, code, BLOCK: tl.constexpr, TRANS: tl.constexpr):
 
 
 @triton.jit
-def _allowed(masks, code, qi, kj, BLOCK: tl.constexpr, TRANS: tl.constexpr, CHECK_ROWS: tl.constexpr):
-    """Element mask of a visit, (queries, keys) or (keys, queries) with TRANS. ``code``: -1 every
-    pair, -2 causal, m >= 0 the plan's mask tile m (padding and causality included). CHECK_ROWS:
-    the tiles may hold padding rows (-1), masked here for codes -1/-2 (the gathered visits)."""
+def _allowed(masks, code, qi, kj, BLOCK: tl.constexpr, TRANS: tl.constexpr):
+    """Element mask of a gathered visit, (queries, keys) or (keys, queries) with TRANS. ``code``: -1
+    every pair, -2 causal, m >= 0 the plan's mask tile m (padding and causality included); padding
+    rows (-1) are masked for codes -1/-2."""
     if code >= 0:
         ok = _mask_bits(masks, code, BLOCK, TRANS)
     else:
         x, y = _outer(qi, kj, TRANS)
-        ok = (y <= x) | (code == -1)
-        if CHECK_ROWS:
-            ok = ok & (x >= 0) & (y >= 0)
+        ok = ((y <= x) | (code == -1)) & (x >= 0) & (y >= 0)
     return ok
 
 
@@ -211,7 +209,7 @@ def fwd_kernel(
     for e in range(em, e1):
         kj = _visit_rows(fvis, kpos, e, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, True)
-        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, True)
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
     l_ok = l_i > 0
     l_safe = tl.where(l_ok, l_i, 1.0)
@@ -376,7 +374,7 @@ def _bwd_dkdv(
     for e in range(em, e1):
         qi = _visit_rows(bvis, qpos, e, BLOCK)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, True, INLINE_DELTA)
-        ok = _allowed(masks, tl.load(bvis + e * 6 + 1), qi, kj, BLOCK, True, True)
+        ok = _allowed(masks, tl.load(bvis + e * 6 + 1), qi, kj, BLOCK, True)
         dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True)
     dk = dk * scale
     valid = kj >= 0
@@ -437,7 +435,7 @@ def _bwd_dq(
     for e in range(em, e1):
         kj = _visit_rows(fvis, kpos, e, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, True)
-        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False, True)
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
     dq = dq * scale
     slot = tl.load(qdesc + t * 5 + 4)
