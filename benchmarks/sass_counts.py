@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from sparse_transformer.kernels import triton_kernels as K  # noqa: E402
+from sparse_transformer.kernels import triton_kernels as K
 
 BF16 = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV_"}
 F32 = {"LSE", "OS", "LSES", "DELTA", "DQS", "DKS", "DVS"}
