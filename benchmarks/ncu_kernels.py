@@ -1,0 +1,51 @@
+"""Runs the Triton kernels of the target cases a few times, for a profiler to read (GPU).
+
+    ncu --clock-control none -k regex:"fwd_kernel|bwd_kernel" --launch-skip 2 --launch-count 2 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section SchedulerStats PYTHONPATH=src python benchmarks/ncu_kernels.py --case strided:65536
+
+Per ``--reps``: one forward (``fwd_kernel``, merges) and one backward (``delta_kernel`` where the plan
+uses it, ``bwd_kernel``, slot additions) called directly (no autograd), B=1, H=8, D=64, bf16, the
+default launch configurations. The first repetition compiles, so skip its launches
+(``--launch-skip``). ``--fwd-block``/``--bwd-block`` pick the plan tiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from gpu_check import case_heads  # the target cases' per-head patterns
+
+from sparse_transformer.kernels import triton_attention as TA
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", default="strided:65536", help="strided:N or fixed:N")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--fwd-block", type=int, default=64)
+    ap.add_argument("--bwd-block", type=int, default=64)
+    args = ap.parse_args()
+    case, n = args.case.split(":")
+    n = int(n)
+    heads = case_heads(case, n)
+    fwd_tabs = TA.kernel_tables([p.plan(n, args.fwd_block, "cuda") for p in heads], "cuda")
+    bwd_tabs = TA.kernel_tables([p.plan(n, args.bwd_block, "cuda") for p in heads], "cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(1, 8, n, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4))
+    for _ in range(args.reps):
+        o, lse = TA._forward(q, k, v, fwd_tabs, 0.125)
+        TA._backward(q, k, v, o, lse, do, bwd_tabs, 0.125)
+    torch.cuda.synchronize()
+    print(f"{args.case}: {args.reps} forward+backward calls done")
+
+
+if __name__ == "__main__":
+    main()
