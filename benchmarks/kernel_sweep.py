@@ -3,7 +3,8 @@
     PYTHONPATH=src python benchmarks/kernel_sweep.py [--cases strided:16384 fixed:65536] [--quick]
 
 For each case (B=1, H=8, D=64, bf16; the target cases of ``benchmarks/attention.py``) and each
-variant (plan tile, forward (warps, stages, maxnreg), backward (warps, stages, maxnreg)): the median
+variant (plan tile, forward (warps, stages, maxnreg), backward (warps, stages, maxnreg), module
+settings such as ``BWD_QSUB``, ``FWD_BLOCK_LONG``, ``SHORT_WALK_ORDER``): the median
 ms of ``triton.testing.do_bench`` of the forward launches and of the backward launches called
 directly (no autograd, no dispatcher: GPU time plus the launch cost), the compiled kernels'
 registers and spills, and the largest difference of the output and the three gradients from the
@@ -34,22 +35,25 @@ from gpu_check import case_heads  # the target cases' per-head patterns
 from sparse_transformer import sparse_attention
 from sparse_transformer.kernels import triton_attention as TA
 
-# (tile, fwd (warps, stages, maxnreg), bwd (warps, stages, maxnreg)); the first is the reference.
+# (tile, fwd (warps, stages, maxnreg), bwd (warps, stages, maxnreg), module settings); the first is
+# the reference (the defaults). Long-walk forwards run on FWD_BLOCK_LONG's tile (its own CONFIGS).
 SHORT = [
-    (64, (4, 2, 168), (4, 1, 168)),  # the default
-    (64, (4, 2, None), (4, 1, None)),
-    (64, (4, 2, 128), (4, 1, 168)),
-    (64, (4, 1, 168), (4, 1, 168)),
-    (64, (4, 2, 168), (4, 1, 192)),
-    (128, (8, 2, 128), (8, 1, 128)),
+    (64, (4, 2, 168), (4, 1, 168), {}),  # the default
+    (64, (4, 2, 168), (4, 1, 168), {"BWD_QSUB": {}}),  # dK/dV walk in whole query tiles
+    (64, (4, 2, 168), (4, 1, 168), {"SHORT_WALK_ORDER": "longest"}),
+    (64, (4, 2, 168), (4, 2, 168), {}),
+    (64, (4, 1, 168), (4, 1, 168), {}),
+    (64, (4, 2, 128), (4, 1, 168), {}),
+    (64, (4, 2, None), (4, 1, None), {}),
 ]
 LONG = [
-    (64, (4, 3, 168), (4, 2, 168)),  # the default
-    (64, (4, 3, None), (4, 2, None)),
-    (64, (4, 4, 168), (4, 2, 168)),
-    (64, (4, 3, 168), (4, 3, 168)),
-    (128, (8, 3, 128), (8, 2, 128)),
+    (64, (4, 3, 168), (4, 2, 168), {}),  # the default
+    (64, (4, 3, 168), (4, 2, 168), {"BWD_QSUB": {}}),
+    (64, (4, 3, 168), (4, 2, 168), {"FWD_BLOCK_LONG": {}}),  # forward on the 64-row tables
+    (64, (4, 3, 168), (4, 3, 168), {}),
+    (64, (4, 3, 168), (4, 1, 168), {}),
 ]
+SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER")
 
 
 def regs() -> dict:
@@ -68,21 +72,25 @@ def regs() -> dict:
 def run_variant(case, n, variant, ref=None):
     import triton.testing
 
-    block, fcfg, bcfg = variant
+    block, fcfg, bcfg, settings = variant
     TA.CONFIGS[("fwd", block)] = (fcfg[0], fcfg[1], fcfg[1])
     TA.CONFIGS[("bwd", block)] = (bcfg[0], bcfg[1], bcfg[1])
     TA.MAXNREG[("fwd", block)] = fcfg[2]
-    TA.MAXNREG[("bwd", block)] = bcfg[2]  # restored by main() after the sweep
+    TA.MAXNREG[("bwd", block)] = bcfg[2]  # restored by main() after the sweep, with the settings
+    for name, value in settings.items():
+        setattr(TA, name, value)
     dev = "cuda"
     tabs = TA.kernel_tables([p.plan(n, block, dev) for p in case_heads(case, n)], dev)
+    ftabs = tabs.fwd_tables
     g = torch.Generator(device=dev).manual_seed(0)
     q, k, v, do = (torch.randn(1, 8, n, 64, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(4))
     scale = 1 / 8
-    o, lse = TA._forward(q, k, v, tabs, scale)
+    o, lse = TA._forward(q, k, v, ftabs, scale)
     grads = TA._backward(q, k, v, o, lse, do, tabs, scale)
     torch.cuda.synchronize()
-    row = {"case": case, "n": n, "block": block, "fwd_cfg": list(fcfg), "bwd_cfg": list(bcfg)}
-    row["fwd_ms"] = float(triton.testing.do_bench(lambda: TA._forward(q, k, v, tabs, scale), return_mode="median"))
+    row = {"case": case, "n": n, "block": block, "fwd_block": ftabs.block, "fwd_cfg": list(fcfg),
+           "bwd_cfg": list(bcfg), "settings": {k: str(v) for k, v in settings.items()}}
+    row["fwd_ms"] = float(triton.testing.do_bench(lambda: TA._forward(q, k, v, ftabs, scale), return_mode="median"))
     row["bwd_ms"] = float(triton.testing.do_bench(lambda: TA._backward(q, k, v, o, lse, do, tabs, scale),
                                                   return_mode="median"))
     row["fb_ms"] = row["fwd_ms"] + row["bwd_ms"]
@@ -135,6 +143,7 @@ def main() -> None:
 
     t_start = time.time()
     saved_configs, saved_caps = dict(TA.CONFIGS), dict(TA.MAXNREG)
+    saved_settings = {name: getattr(TA, name) for name in SETTINGS}
     rows = []
     for spec in args.cases:
         case, n = spec.split(":")
@@ -144,18 +153,22 @@ def main() -> None:
             variants = variants[:2]
         ref = None
         for var in variants:
+            for name, value in saved_settings.items():
+                setattr(TA, name, value)
             try:
                 row, outs = run_variant(case, n, var, ref)
                 if ref is None:
                     ref = outs
             except Exception as e:  # noqa: BLE001  (a config that does not compile or run: keep going)
                 row = {"case": case, "n": n, "block": var[0], "fwd_cfg": list(var[1]), "bwd_cfg": list(var[2]),
-                       "error": f"{type(e).__name__}: {str(e)[:300]}"}
+                       "settings": {k: str(v) for k, v in var[3].items()}, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             rows.append(row)
             print(json.dumps(row), flush=True)
     TA.CONFIGS.update(saved_configs)
     TA.MAXNREG.clear()
     TA.MAXNREG.update(saved_caps)
+    for name, value in saved_settings.items():
+        setattr(TA, name, value)
     host = host_overhead()
     print("host", json.dumps(host), flush=True)
     try:
@@ -168,13 +181,14 @@ def main() -> None:
                 "commit": commit, "command": "PYTHONPATH=src python benchmarks/kernel_sweep.py " + " ".join(sys.argv[1:])},
         "rows": rows, "host": host, "regs": regs(), "wall_s": time.time() - t_start,
     }
-    print(f"\n{'case':8s} {'N':>6s} {'tile':>4s} {'fwd cfg':>14s} {'bwd cfg':>14s} {'fwd ms':>8s} {'bwd ms':>8s} {'f+b':>8s}")
+    print(f"\n{'case':8s} {'N':>6s} {'tile':>4s} {'fwd cfg':>14s} {'bwd cfg':>14s} {'fwd ms':>8s} {'bwd ms':>8s} {'f+b':>8s}  settings")
     for r in rows:
         if "error" in r:
             print(f"{r['case']:8s} {r['n']:6d} {r['block']:4d} {r['fwd_cfg']!s:>14s} {r['bwd_cfg']!s:>14s} error {r['error'][:60]}")
             continue
         print(f"{r['case']:8s} {r['n']:6d} {r['block']:4d} {r['fwd_cfg']!s:>14s} {r['bwd_cfg']!s:>14s} "
-              f"{r['fwd_ms']:8.3f} {r['bwd_ms']:8.3f} {r['fb_ms']:8.3f}  diff {r.get('max_diff_vs_first', 0):.2e}")
+              f"{r['fwd_ms']:8.3f} {r['bwd_ms']:8.3f} {r['fb_ms']:8.3f}  diff {r.get('max_diff_vs_first', 0):.2e}"
+              f"  {r['settings'] or ''}")
     out = Path(args.out or os.environ.get("OUT", ".")) / "kernel-sweep.json" if not (args.out or "").endswith(".json") else Path(args.out)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")

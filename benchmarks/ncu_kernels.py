@@ -6,8 +6,8 @@
 
 Per ``--reps``: one forward (``fwd_kernel``, merges) and one backward (``delta_kernel`` where the plan
 uses it, ``bwd_kernel``, slot additions) called directly (no autograd), B=1, H=8, D=64, bf16, the
-default launch configurations. The first repetition compiles, so skip its launches
-(``--launch-skip``). ``--fwd-block``/``--bwd-block`` pick the plan tiles.
+default launch configurations and tables (long-walk forwards on their own tiles). The first
+repetition compiles, so skip its launches (``--launch-skip``).
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", default="strided:65536", help="strided:N or fixed:N")
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--fwd-block", type=int, default=64)
-    ap.add_argument("--bwd-block", type=int, default=64)
+    ap.add_argument("--block", type=int, default=64, help="plan tile")
     args = ap.parse_args()
     case, n = args.case.split(":")
     n = int(n)
     heads = case_heads(case, n)
-    fwd_tabs = TA.kernel_tables([p.plan(n, args.fwd_block, "cuda") for p in heads], "cuda")
-    bwd_tabs = TA.kernel_tables([p.plan(n, args.bwd_block, "cuda") for p in heads], "cuda")
+    bwd_tabs = TA.kernel_tables([p.plan(n, args.block, "cuda") for p in heads], "cuda")
+    fwd_tabs = bwd_tabs.fwd_tables
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(1, 8, n, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4))
     for _ in range(args.reps):

@@ -137,6 +137,50 @@ def test_every_visit_kind():
         assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
 
 
+@pytest.mark.parametrize("block,qsub", [(32, 16), (64, 32), (128, 64), (128, 32)])
+def test_dkdv_walk_in_query_steps(monkeypatch, block, qsub):
+    """The dK/dV walk in steps of part of a query tile (BWD_QSUB), over every visit kind: rows from
+    the middle of contiguous, strided and gathered tiles, and mask columns from inside a bit word
+    (64-row tiles) or from the second word (128-row tiles)."""
+    from sparse_transformer import kernels
+
+    monkeypatch.setitem(TA.BWD_QSUB, block, qsub)
+    monkeypatch.setitem(kernels.PLAN_BLOCK, "triton", block)
+    n = 300
+    heads = [P.strided(16), P.local(100), P.union(*P.factorized("fixed", 96, 24)), P.strided(7)]
+    q, k, v = qkv(1, 4, n, 16, torch.float32, seed=12)
+    assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
+
+
+def test_long_walk_forward_on_its_own_tiles(monkeypatch):
+    """Long-walk plans run the forward on FWD_BLOCK_LONG's tiles and the backward on the plan's:
+    the backward reads the forward's output and log-sum-exp by position, whatever the tiling."""
+    monkeypatch.setattr(TA, "LONG_WALK", 1)
+    monkeypatch.setitem(TA.FWD_BLOCK_LONG, 16, 32)
+    pattern = P.union(*P.factorized("fixed", 32, 8))
+    tabs = TA.kernel_tables([pattern.plan(130, 16, DEVICE)], DEVICE)
+    assert tabs.long_walk and tabs.fwd_tables.block == 32 and tabs.fwd_tables.fwd_tables is tabs.fwd_tables
+    q, k, v = qkv(1, 2, 130, 32, torch.float32, seed=13)
+    with _Block16():
+        assert_close_to_reference(q, k, v, pattern, "triton", atol=FP32_ATOL)
+
+
+@pytest.mark.parametrize("order", ["position", "longest"])
+def test_short_walk_work_orders(monkeypatch, order):
+    """Both work orders of short-walk plans list every (head, tile) program once."""
+    monkeypatch.setattr(TA, "SHORT_WALK_ORDER", order)
+    heads = [P.local(16), P.strided(16)]
+    tabs = TA.kernel_tables([p.plan(97, 16, DEVICE) for p in heads], DEVICE)
+    assert not tabs.long_walk
+    bwd = tabs.bwd_items.long().cpu()
+    assert len({tuple(r) for r in bwd.tolist()}) == bwd.shape[0] == 2 * tabs.qdesc.shape[0]
+    if order == "position":
+        assert bwd[0::2, 2].eq(0).all() and bwd[1::2, 2].eq(1).all()
+    q, k, v = qkv(1, 2, 97, 32, torch.float32, seed=14)
+    with _Block16():
+        assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
+
+
 def test_mask_bank_dedups():
     """The mask bank stores each distinct tile once: local windows repeat one first-tile mask."""
     tabs = TA.kernel_tables([P.local(128).plan(4096, 64)], "cpu")

@@ -80,8 +80,23 @@ CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
 # default, which lets ptxas take all 255 registers and so fits only two 4-warp programs on a
 # multiprocessor). 168 fits three: 1.1-1.3x faster forward and backward at 64-row tiles on the H100
 # for both short and long walks (benchmarks/kernel_sweep.py, docs/kernels.md); 128 spills in the
-# backward. Wider head dims keep the default (not measured).
-MAXNREG: dict[tuple[str, int], int | None] = {("fwd", 64): 168, ("bwd", 64): 168}
+# backward. 128-row forward tiles (8 warps; the long-walk forward, FWD_BLOCK_LONG): 128 fits two
+# programs (fixed pattern at N=65,536: 2.86 ms against 4.27 uncapped). Wider head dims keep the
+# default (not measured).
+MAXNREG: dict[tuple[str, int], int | None] = {("fwd", 64): 168, ("bwd", 64): 168, ("fwd", 128): 128}
+# Query rows per step of the dK/dV walk, per tile size (absent: the whole tile). A key tile's
+# program holds K, V and the dK, dV accumulators for its whole walk; half-tile steps halve the
+# (keys, queries) score and dS tiles, which is what fits the walk under the register cap above.
+BWD_QSUB: dict[int, int] = {64: 32}
+# Forward tile size for long-walk plans (the fixed pattern's summary columns), per backward tile
+# size: the forward keeps only O and the softmax state per query row, so 128-row tiles (8 warps, two
+# warpgroups) fit where the backward's do not, and halve the key-tile loads per query row. The
+# backward stays at the plan's tile. Absent: the forward uses the backward's tables.
+FWD_BLOCK_LONG: dict[int, int] = {64: 128}
+# Work order of short-walk plans: "position" (by head and tile; for the backward, each tile's dK/dV
+# and dQ programs side by side), so programs running together share their neighbours' tiles in
+# L2, or "longest" (longest walks first, as long-walk plans always are: they would finish last).
+SHORT_WALK_ORDER = "position"
 LONG_WALK = 8  # mean visits per query tile from which a plan list counts as "long"
 INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no delta pre-pass) ...
 # ... while the backward has fewer query rows (batch * heads * n) than this. Inline saves a launch
@@ -330,6 +345,17 @@ class KernelTables:
     n_kslots: int
     zero_dkv: bool
     long_walk: bool  # mean visits per query tile >= LONG_WALK: deeper software pipelines
+    plans: tuple = ()  # the per-head plans (their patterns give the forward's own tables)
+
+    @functools.cached_property
+    def fwd_tables(self) -> KernelTables:
+        """The tables the forward runs on: these, or for long walks the same patterns' plans at
+        ``FWD_BLOCK_LONG[block]`` (built on first use)."""
+        fb = FWD_BLOCK_LONG.get(self.block) if self.long_walk else None
+        if not fb or fb == self.block or any(p.pattern is None for p in self.plans):
+            return self
+        device = self.qdesc.device
+        return kernel_tables([p.pattern.plan(self.n, fb, device) for p in self.plans], device)
 
     @functools.cached_property
     def fwd_static(self) -> tuple:
@@ -409,9 +435,18 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
         for i, rnd in enumerate(pt.k_rounds):
             kr.setdefault(i, []).extend((h, k0 + t) for t in rnd)
     fwd_items = torch.cat(fwd)
-    fwd_items = fwd_items[torch.argsort(-fwd_items[:, 2], stable=True)][:, :2]
     bwd_items = torch.cat(bwd)
-    bwd_items = bwd_items[torch.argsort(-bwd_items[:, 3], stable=True)][:, :3]
+    long_walk = bool(fwd_items.shape[0]) and float(fwd_items[:, 2].float().mean()) >= LONG_WALK
+    if long_walk or SHORT_WALK_ORDER == "longest":
+        fwd_items = fwd_items[torch.argsort(-fwd_items[:, 2], stable=True)]
+        bwd_items = bwd_items[torch.argsort(-bwd_items[:, 3], stable=True)]
+    else:  # by head and tile; a tile's dK/dV and dQ programs next to each other
+        kinds = bwd_items[:, 2]
+        rank = torch.empty_like(kinds)  # place among the items of its kind
+        for c in (0, 1):
+            rank[kinds == c] = torch.arange(int((kinds == c).sum()))
+        bwd_items = bwd_items[torch.argsort(rank * 2 + kinds, stable=True)]
+    fwd_items, bwd_items = fwd_items[:, :2], bwd_items[:, :3]
 
     def dev(x):
         return x.to(torch.int32).contiguous().to(device)
@@ -426,7 +461,7 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
         q_round_items=tuple(dev(torch.tensor(qr[i])) for i in sorted(qr)),
         k_round_items=tuple(dev(torch.tensor(kr[i])) for i in sorted(kr)),
         n_qslots=qs_off, n_kslots=ks_off, zero_dkv=any(pt.zero_dkv for pt in parts),
-        long_walk=bool(fwd_items.shape[0]) and float(fwork[fwd_items[:, 1]].float().mean()) >= LONG_WALK,
+        long_walk=long_walk, plans=tuple(plans),
     )
 
 
@@ -777,7 +812,7 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
          *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
          h, n, qrows, krows, scale, scale * LOG2E),
-        (blk, d, dv, _pow2(d), _pow2(dv), inline_delta),  # BLOCK D DV BD BDV INLINE_DELTA
+        (blk, d, dv, _pow2(d), _pow2(dv), inline_delta, BWD_QSUB.get(blk, blk)),  # BLOCK D DV BD BDV INLINE_DELTA QSUB
         warps, stages, maxnreg, tabs.bwd_static,
     )
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
@@ -805,7 +840,7 @@ class _TritonSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, tabs: KernelTables, scale: float):
         q, k, v = (_last_contiguous(x) for x in (q, k, v))
-        o, lse = _forward(q, k, v, tabs, scale)
+        o, lse = _forward(q, k, v, tabs.fwd_tables, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.tabs, ctx.scale = tabs, scale
         return o

@@ -18,9 +18,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _rows_from(start, shift, s_in, s_out, pos_row, BLOCK: tl.constexpr):
-    """A tile's original positions: two-level arithmetic progression, or gathered (start < 0)."""
-    offs = tl.arange(0, BLOCK)
+def _rows_from(start, shift, s_in, s_out, pos_row, c0, R: tl.constexpr):
+    """Original positions of a tile's rows c0 .. c0+R-1: two-level arithmetic progression, or
+    gathered from the tile's position-table row (start < 0)."""
+    offs = c0 + tl.arange(0, R)
     ap = start + (offs >> shift) * s_out + (offs & ((1 << shift) - 1)) * s_in
     g = tl.load(pos_row + offs, mask=(offs * 0 + start) < 0, other=-1)
     return tl.where(start >= 0, ap, g)
@@ -29,32 +30,33 @@ def _rows_from(start, shift, s_in, s_out, pos_row, BLOCK: tl.constexpr):
 @triton.jit
 def _tile_rows(desc, pos, t, BLOCK: tl.constexpr):
     dp = desc + t * 5
-    return _rows_from(tl.load(dp), tl.load(dp + 1), tl.load(dp + 2), tl.load(dp + 3), pos + t * BLOCK, BLOCK)
+    return _rows_from(tl.load(dp), tl.load(dp + 1), tl.load(dp + 2), tl.load(dp + 3), pos + t * BLOCK, 0, BLOCK)
 
 
 @triton.jit
-def _visit_rows(vis, pos, e, BLOCK: tl.constexpr):
-    """Rows of the tile named by visit ``e`` (its descriptor is stored inline in the visit)."""
+def _visit_rows(vis, pos, e, c0, BLOCK: tl.constexpr, R: tl.constexpr):
+    """Rows c0 .. c0+R-1 of the tile named by visit ``e`` (its descriptor is stored inline in the
+    visit; c0 = 0, R = BLOCK: the whole tile)."""
     vp = vis + e * 6
-    tile = tl.load(vp)
-    return _rows_from(tl.load(vp + 2), tl.load(vp + 3), tl.load(vp + 4), tl.load(vp + 5), pos + tile * BLOCK, BLOCK)
+    return _rows_from(tl.load(vp + 2), tl.load(vp + 3), tl.load(vp + 4), tl.load(vp + 5),
+                      pos + tl.load(vp) * BLOCK, c0, R)
 
 
 @triton.jit
-def _visit_rows_ap(vis, e, BLOCK: tl.constexpr):
-    """Rows of a fast visit's tile: always a progression, no table gather."""
+def _visit_rows_ap(vis, e, c0, R: tl.constexpr):
+    """Rows c0 .. c0+R-1 of a fast visit's tile: always a progression, no table gather."""
     vp = vis + e * 6
-    offs = tl.arange(0, BLOCK)
+    offs = c0 + tl.arange(0, R)
     shift = tl.load(vp + 3)
     return tl.load(vp + 2) + (offs >> shift) * tl.load(vp + 5) + (offs & ((1 << shift) - 1)) * tl.load(vp + 4)
 
 
 @triton.jit
-def _visit_rows_contig(vis, e, BLOCK: tl.constexpr):
-    """Rows of a contiguous visit's tile: start + 0..BLOCK-1, start a multiple of 16 (checked on the
-    host), so the compiler knows the loads are contiguous and aligned (vector loads, less address
-    arithmetic)."""
-    return tl.multiple_of(tl.load(vis + e * 6 + 2), 16) + tl.arange(0, BLOCK)
+def _visit_rows_contig(vis, e, c0, R: tl.constexpr):
+    """Rows c0 .. c0+R-1 of a contiguous visit's tile: start + c0 + 0..R-1, start a multiple of 16
+    (checked on the host) and c0 a multiple of R, so the compiler knows the loads are contiguous
+    and aligned (vector loads, less address arithmetic)."""
+    return tl.multiple_of(tl.load(vis + e * 6 + 2), 16) + c0 + tl.arange(0, R)
 
 
 @triton.jit
@@ -100,13 +102,18 @@ def _outer(x, y, TRANS: tl.constexpr):
 
 
 @triton.jit
-def _mask_bits(masks, code, BLOCK: tl.constexpr, TRANS: tl.constexpr):
-    """Mask tile ``code`` from its bit words ((M, 2, BLOCK, W) int64, row r's column c at bit c % 64
-    of word c // 64): one word load per row, then shifts in the score tile's own layout."""
+def _mask_bits(masks, code, c0, BLOCK: tl.constexpr, TRANS: tl.constexpr, R: tl.constexpr):
+    """Columns c0 .. c0+R-1 (R = BLOCK: all) of mask tile ``code`` from its bit words ((M, 2,
+    BLOCK, W) int64, row r's column c at bit c % 64 of word c // 64; R <= 64 columns lie in one
+    word): one word load per row, then shifts in the score tile's own layout."""
     offs = tl.arange(0, BLOCK)
     if BLOCK <= 64:
         word = tl.load(masks + (code * 2 + TRANS) * BLOCK + offs)
-        bits = (word[:, None] >> offs.to(tl.int64)[None, :]) & 1
+        bits = (word[:, None] >> (c0 + tl.arange(0, R)).to(tl.int64)[None, :]) & 1
+    elif R <= 64:
+        W2: tl.constexpr = BLOCK // 64
+        word = tl.load(masks + (code * 2 + TRANS) * BLOCK * W2 + offs * W2 + c0 // 64)
+        bits = (word[:, None] >> ((c0 % 64) + tl.arange(0, R)).to(tl.int64)[None, :]) & 1
     else:
         W: tl.constexpr = BLOCK // 64
         base = masks + (code * 2 + TRANS) * BLOCK * W + offs * W
@@ -119,12 +126,12 @@ def _mask_bits(masks, code, BLOCK: tl.constexpr, TRANS: tl.constexpr):
 
 
 @triton.jit
-def _allowed(masks, code, qi, kj, BLOCK: tl.constexpr, TRANS: tl.constexpr):
-    """Element mask of a gathered visit, (queries, keys) or (keys, queries) with TRANS. ``code``: -1
-    every pair, -2 causal, m >= 0 the plan's mask tile m (padding and causality included); padding
-    rows (-1) are masked for codes -1/-2."""
+def _allowed(masks, code, qi, kj, c0, BLOCK: tl.constexpr, TRANS: tl.constexpr, R: tl.constexpr):
+    """Element mask of a gathered visit, (queries, keys) or (keys, queries) with TRANS, the visited
+    tile's rows c0 .. c0+R-1. ``code``: -1 every pair, -2 causal, m >= 0 the plan's mask tile m
+    (padding and causality included); padding rows (-1) are masked for codes -1/-2."""
     if code >= 0:
-        ok = _mask_bits(masks, code, BLOCK, TRANS)
+        ok = _mask_bits(masks, code, c0, BLOCK, TRANS, R)
     else:
         x, y = _outer(qi, kj, TRANS)
         ok = ((y <= x) | (code == -1)) & (x >= 0) & (y >= 0)
@@ -188,28 +195,28 @@ def fwd_kernel(
     # Fast visits: every pair allowed, tile rows an arithmetic progression: no mask, no gather.
     # Contiguous key tiles first (vector loads), then the other progressions.
     for e in range(e0, e_c):
-        kj = _visit_rows_contig(fvis, e, BLOCK)
+        kj = _visit_rows_contig(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, 0, qk_scale, False)
     for e in range(e_c, ef):
-        kj = _visit_rows_ap(fvis, e, BLOCK)
+        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, 0, qk_scale, False)
     # Causal visits (the diagonal), then mask-tile visits: progressions under an element mask.
     for e in range(ef, ec):
-        kj = _visit_rows_ap(fvis, e, BLOCK)
+        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, _causal(qi, kj, False), qk_scale, True)
     for e in range(ec, em):
-        kj = _visit_rows_ap(fvis, e, BLOCK)
+        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
-        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), BLOCK, False)
+        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), 0, BLOCK, False, BLOCK)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
     # Gathered visits (padding or position-table rows): the general path.
     for e in range(em, e1):
-        kj = _visit_rows(fvis, kpos, e, BLOCK)
+        kj = _visit_rows(fvis, kpos, e, 0, BLOCK, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, True)
-        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False)
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, 0, BLOCK, False, BLOCK)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
     l_ok = l_i > 0
     l_safe = tl.where(l_ok, l_i, 1.0)
@@ -335,7 +342,7 @@ def _bwd_dkdv(
     qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr,
 ):
     """dK, dV of key tile ``kt``: walk the query tiles that see it (transposed visit list; fast,
     masked, gathered visits as in the forward). INLINE_DELTA: rowsum(dO * O) of each visited query
@@ -354,27 +361,40 @@ def _bwd_dkdv(
     dk = tl.zeros([BLOCK, BD], tl.float32)
     dv = tl.zeros([BLOCK, BDV], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(bptr, bsplit, kt)
-    for e in range(e0, e_c):
-        qi = _visit_rows_contig(bvis, e, BLOCK)
+    # Each visited query tile in NSUB steps of QSUB rows: smaller (keys, queries) score tiles, so the
+    # walk fits the register cap without spills. Step i: visit i // NSUB, its rows c0 .. c0+QSUB-1.
+    NSUB: tl.constexpr = BLOCK // QSUB
+    for i in range(e0 * NSUB, e_c * NSUB):
+        e = i // NSUB
+        c0 = (i % NSUB) * QSUB
+        qi = _visit_rows_contig(bvis, e, c0, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
         dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, 0, qk_scale, False)
-    for e in range(e_c, ef):
-        qi = _visit_rows_ap(bvis, e, BLOCK)
+    for i in range(e_c * NSUB, ef * NSUB):
+        e = i // NSUB
+        c0 = (i % NSUB) * QSUB
+        qi = _visit_rows_ap(bvis, e, c0, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
         dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, 0, qk_scale, False)
-    for e in range(ef, ec):
-        qi = _visit_rows_ap(bvis, e, BLOCK)
+    for i in range(ef * NSUB, ec * NSUB):
+        e = i // NSUB
+        c0 = (i % NSUB) * QSUB
+        qi = _visit_rows_ap(bvis, e, c0, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
         dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, _causal(qi, kj, True), qk_scale, True)
-    for e in range(ec, em):
-        qi = _visit_rows_ap(bvis, e, BLOCK)
+    for i in range(ec * NSUB, em * NSUB):
+        e = i // NSUB
+        c0 = (i % NSUB) * QSUB
+        qi = _visit_rows_ap(bvis, e, c0, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
-        ok = _mask_bits(masks, tl.load(bvis + e * 6 + 1), BLOCK, True)
+        ok = _mask_bits(masks, tl.load(bvis + e * 6 + 1), c0, BLOCK, True, QSUB)
         dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True)
-    for e in range(em, e1):
-        qi = _visit_rows(bvis, qpos, e, BLOCK)
+    for i in range(em * NSUB, e1 * NSUB):
+        e = i // NSUB
+        c0 = (i % NSUB) * QSUB
+        qi = _visit_rows(bvis, qpos, e, c0, BLOCK, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, True, INLINE_DELTA)
-        ok = _allowed(masks, tl.load(bvis + e * 6 + 1), qi, kj, BLOCK, True)
+        ok = _allowed(masks, tl.load(bvis + e * 6 + 1), qi, kj, c0, BLOCK, True, QSUB)
         dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True)
     dk = dk * scale
     valid = kj >= 0
@@ -416,26 +436,26 @@ def _bwd_dq(
     dq = tl.zeros([BLOCK, BD], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(fptr, fsplit, t)
     for e in range(e0, e_c):
-        kj = _visit_rows_contig(fvis, e, BLOCK)
+        kj = _visit_rows_contig(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, 0, qk_scale, False)
     for e in range(e_c, ef):
-        kj = _visit_rows_ap(fvis, e, BLOCK)
+        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, 0, qk_scale, False)
     for e in range(ef, ec):
-        kj = _visit_rows_ap(fvis, e, BLOCK)
+        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, _causal(qi, kj, False), qk_scale, True)
     for e in range(ec, em):
-        kj = _visit_rows_ap(fvis, e, BLOCK)
+        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
-        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), BLOCK, False)
+        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), 0, BLOCK, False, BLOCK)
         dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
     for e in range(em, e1):
-        kj = _visit_rows(fvis, kpos, e, BLOCK)
+        kj = _visit_rows(fvis, kpos, e, 0, BLOCK, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, True)
-        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, BLOCK, False)
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, 0, BLOCK, False, BLOCK)
         dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
     dq = dq * scale
     slot = tl.load(qdesc + t * 5 + 4)
@@ -456,10 +476,11 @@ def bwd_kernel(
     H, N, QROWS, KROWS, scale, qk_scale,
     qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr,
 ):
-    """One launch: item kind 0 computes a key tile's dK, dV; kind 1 a query tile's dQ. O is the
-    forward output (contiguous); with INLINE_DELTA, DELTA is not read (no pre-pass ran)."""
+    """One launch: item kind 0 computes a key tile's dK, dV (walking its query tiles in steps of
+    QSUB rows); kind 1 a query tile's dQ. O is the forward output (contiguous); with INLINE_DELTA,
+    DELTA is not read (no pre-pass ran)."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.load(items + 3 * pid).to(tl.int64)
@@ -472,7 +493,7 @@ def bwd_kernel(
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, KROWS, tile,
             qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB,
         )
     else:
         _bwd_dq(
