@@ -38,22 +38,24 @@ from sparse_transformer.kernels import triton_attention as TA
 # (tile, fwd (warps, stages, maxnreg), bwd (warps, stages, maxnreg), module settings); the first is
 # the reference (the defaults). Long-walk forwards run on FWD_BLOCK_LONG's tile (its own CONFIGS).
 SHORT = [
-    (64, (4, 2, 168), (4, 1, 168), {}),  # the default
-    (64, (4, 2, 168), (4, 1, 168), {"BWD_QSUB": {}}),  # dK/dV walk in whole query tiles
-    (64, (4, 2, 168), (4, 1, 168), {"SHORT_WALK_ORDER": "longest"}),
-    (64, (4, 2, 168), (4, 2, 168), {}),
-    (64, (4, 1, 168), (4, 1, 168), {}),
-    (64, (4, 2, 128), (4, 1, 168), {}),
-    (64, (4, 2, None), (4, 1, None), {}),
+    (64, (4, 1, 168), (4, 1, 168), {}),  # the default
+    (64, (4, 1, 168), (4, 1, 168), {"BWD_QSUB": {}}),  # dK/dV walk in whole query tiles
+    (64, (4, 1, 168), (4, 1, 168), {"SHORT_WALK_ORDER": "longest"}),
+    (64, (4, 1, 168), (4, 1, 168), {"INLINE_DELTA_MAX_ROWS": 2**40}),  # rowsum(dO * O) inside, any size
+    (64, (4, 1, 128), (4, 1, 168), {}),
+    (64, (4, 2, 168), (4, 1, 168), {}),
+    (64, (4, 1, 168), (4, 1, 168), {"BWD_QSUB": {64: 16}}),
 ]
 LONG = [
     (64, (4, 3, 168), (4, 2, 168), {}),  # the default
-    (64, (4, 3, 168), (4, 2, 168), {"BWD_QSUB": {}}),
     (64, (4, 3, 168), (4, 2, 168), {"FWD_BLOCK_LONG": {}}),  # forward on the 64-row tables
+    (64, (4, 3, 168), (4, 2, 168), {"CONFIGS": {("fwd", 128): (8, 2, 2)}}),
+    (64, (4, 3, 168), (4, 2, 168), {"CONFIGS": {("fwd", 128): (8, 4, 4)}}),
+    (64, (4, 3, 168), (4, 2, 168), {"MAXNREG": {("fwd", 128): 168}}),
     (64, (4, 3, 168), (4, 3, 168), {}),
-    (64, (4, 3, 168), (4, 1, 168), {}),
 ]
-SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER")
+SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER", "INLINE_DELTA_MAX_ROWS")  # set as a whole
+# CONFIGS and MAXNREG entries in a variant's settings are merged into those tables.
 
 
 def regs() -> dict:
@@ -78,7 +80,10 @@ def run_variant(case, n, variant, ref=None):
     TA.MAXNREG[("fwd", block)] = fcfg[2]
     TA.MAXNREG[("bwd", block)] = bcfg[2]  # restored by main() after the sweep, with the settings
     for name, value in settings.items():
-        setattr(TA, name, value)
+        if name in ("CONFIGS", "MAXNREG"):
+            getattr(TA, name).update(value)
+        else:
+            setattr(TA, name, value)
     dev = "cuda"
     tabs = TA.kernel_tables([p.plan(n, block, dev) for p in case_heads(case, n)], dev)
     ftabs = tabs.fwd_tables
@@ -155,6 +160,10 @@ def main() -> None:
         for var in variants:
             for name, value in saved_settings.items():
                 setattr(TA, name, value)
+            TA.CONFIGS.clear()
+            TA.CONFIGS.update(saved_configs)
+            TA.MAXNREG.clear()
+            TA.MAXNREG.update(saved_caps)
             try:
                 row, outs = run_variant(case, n, var, ref)
                 if ref is None:
@@ -164,6 +173,7 @@ def main() -> None:
                        "settings": {k: str(v) for k, v in var[3].items()}, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             rows.append(row)
             print(json.dumps(row), flush=True)
+    TA.CONFIGS.clear()
     TA.CONFIGS.update(saved_configs)
     TA.MAXNREG.clear()
     TA.MAXNREG.update(saved_caps)

@@ -145,6 +145,7 @@ def test_dkdv_walk_in_query_steps(monkeypatch, block, qsub):
     from sparse_transformer import kernels
 
     monkeypatch.setitem(TA.BWD_QSUB, block, qsub)
+    monkeypatch.setattr(TA, "LONG_WALK", 10**6)  # steps apply to short walks
     monkeypatch.setitem(kernels.PLAN_BLOCK, "triton", block)
     n = 300
     heads = [P.strided(16), P.local(100), P.union(*P.factorized("fixed", 96, 24)), P.strided(7)]

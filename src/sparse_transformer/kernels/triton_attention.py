@@ -84,9 +84,11 @@ CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
 # programs (fixed pattern at N=65,536: 2.86 ms against 4.27 uncapped). Wider head dims keep the
 # default (not measured).
 MAXNREG: dict[tuple[str, int], int | None] = {("fwd", 64): 168, ("bwd", 64): 168, ("fwd", 128): 128}
-# Query rows per step of the dK/dV walk, per tile size (absent: the whole tile). A key tile's
-# program holds K, V and the dK, dV accumulators for its whole walk; half-tile steps halve the
-# (keys, queries) score and dS tiles, which is what fits the walk under the register cap above.
+# Query rows per step of the dK/dV walk of short-walk plans, per tile size (absent: the whole tile).
+# A key tile's program holds K, V and the dK, dV accumulators for its whole walk; half-tile steps
+# halve the (keys, queries) score and dS tiles, so the walk fits the register cap above without
+# spills: strided pair at N=16,384, backward 0.098 vs 0.107 ms. Long walks step whole tiles (fixed
+# pattern at N=65,536: 8.69 ms whole, 9.18 in halves; kernel sweep run 5).
 BWD_QSUB: dict[int, int] = {64: 32}
 # Forward tile size for long-walk plans (the fixed pattern's summary columns), per backward tile
 # size: the forward keeps only O and the softmax state per query row, so 128-row tiles (8 warps, two
@@ -812,7 +814,8 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
          *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
          h, n, qrows, krows, scale, scale * LOG2E),
-        (blk, d, dv, _pow2(d), _pow2(dv), inline_delta, BWD_QSUB.get(blk, blk)),  # BLOCK D DV BD BDV INLINE_DELTA QSUB
+        (blk, d, dv, _pow2(d), _pow2(dv), inline_delta,  # BLOCK D DV BD BDV INLINE_DELTA QSUB
+         blk if tabs.long_walk else BWD_QSUB.get(blk, blk)),
         warps, stages, maxnreg, tabs.bwd_static,
     )
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
