@@ -38,23 +38,24 @@ from sparse_transformer.kernels import triton_attention as TA
 # (tile, fwd (warps, stages, maxnreg), bwd (warps, stages, maxnreg), module settings); the first is
 # the reference (the defaults). Long-walk forwards run on FWD_BLOCK_LONG's tile (its own CONFIGS).
 SHORT = [
-    (64, (4, 1, 168), (4, 1, 168), {}),  # the default
-    (64, (4, 1, 168), (4, 1, 168), {"BWD_QSUB": {}}),  # dK/dV walk in whole query tiles
-    (64, (4, 1, 168), (4, 1, 168), {"SHORT_WALK_ORDER": "longest"}),
-    (64, (4, 1, 168), (4, 1, 168), {"INLINE_DELTA_MAX_ROWS": 2**40}),  # rowsum(dO * O) inside, any size
-    (64, (4, 1, 128), (4, 1, 168), {}),
-    (64, (4, 2, 168), (4, 1, 168), {}),
-    (64, (4, 1, 168), (4, 1, 168), {"BWD_QSUB": {64: 16}}),
+    (64, (4, 1, 128), (4, 1, 168), {}),  # the default
+    (64, (4, 1, 128), (4, 1, 168), {"BWD_QSUB": {}}),  # dK/dV walk in whole query tiles
+    (64, (4, 1, 128), (4, 1, 168), {"SHORT_WALK_ORDER": "longest"}),
+    (64, (4, 1, 128), (4, 1, 168), {"INLINE_DELTA_MAX_ROWS": 0}),  # delta pre-pass at any size
+    (64, (4, 1, 168), (4, 1, 168), {}),
+    (64, (4, 2, 128), (4, 1, 168), {}),
+    (64, (4, 1, 128), (4, 1, 168), {"BWD_SPLIT": True}),
+    (64, (4, 1, 128), (4, 1, 168), {"BWD_SPLIT": True, "MAXNREG": {("bwd_dq", 64): 128}}),
 ]
 LONG = [
     (64, (4, 3, 168), (4, 2, 168), {}),  # the default
     (64, (4, 3, 168), (4, 2, 168), {"FWD_BLOCK_LONG": {}}),  # forward on the 64-row tables
-    (64, (4, 3, 168), (4, 2, 168), {"CONFIGS": {("fwd", 128): (8, 2, 2)}}),
-    (64, (4, 3, 168), (4, 2, 168), {"CONFIGS": {("fwd", 128): (8, 4, 4)}}),
+    (64, (4, 3, 168), (4, 2, 168), {"CONFIGS": {("fwd", 128): (8, 3, 3)}}),
     (64, (4, 3, 168), (4, 2, 168), {"MAXNREG": {("fwd", 128): 168}}),
     (64, (4, 3, 168), (4, 3, 168), {}),
+    (64, (4, 3, 168), (4, 2, 168), {"BWD_SPLIT": True}),
 ]
-SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER", "INLINE_DELTA_MAX_ROWS")  # set as a whole
+SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER", "INLINE_DELTA_MAX_ROWS", "BWD_SPLIT")  # set as a whole
 # CONFIGS and MAXNREG entries in a variant's settings are merged into those tables.
 
 

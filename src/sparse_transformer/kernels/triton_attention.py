@@ -70,7 +70,7 @@ CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
     ("fwd", 16): (2, 2, 2),
     ("fwd", 32): (4, 2, 2),
     ("fwd", 64): (4, 3, 1),
-    ("fwd", 128): (8, 3, 2),
+    ("fwd", 128): (8, 2, 2),
     ("bwd", 16): (2, 2, 1),
     ("bwd", 32): (4, 2, 1),
     ("bwd", 64): (4, 2, 1),
@@ -80,10 +80,11 @@ CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
 # default, which lets ptxas take all 255 registers and so fits only two 4-warp programs on a
 # multiprocessor). 168 fits three: 1.1-1.3x faster forward and backward at 64-row tiles on the H100
 # for both short and long walks (benchmarks/kernel_sweep.py, docs/kernels.md); 128 spills in the
-# backward. 128-row forward tiles (8 warps; the long-walk forward, FWD_BLOCK_LONG): 128 fits two
-# programs (fixed pattern at N=65,536: 2.86 ms against 4.27 uncapped). Wider head dims keep the
-# default (not measured).
-MAXNREG: dict[tuple[str, int], int | None] = {("fwd", 64): 168, ("bwd", 64): 168, ("fwd", 128): 128}
+# backward. The 64-row forward (short walks; long ones run on FWD_BLOCK_LONG's tiles) at 128 fits
+# four programs: strided pair at N=65,536, 0.191 vs 0.204 ms (kernel sweep run 6). 128-row forward
+# tiles (8 warps): 128 fits two programs (fixed pattern at N=65,536: 2.8 ms against 4.4 at 168,
+# one program). Wider head dims keep the default (not measured).
+MAXNREG: dict[tuple[str, int], int | None] = {("fwd", 64): 128, ("bwd", 64): 168, ("fwd", 128): 128}
 # Query rows per step of the dK/dV walk of short-walk plans, per tile size (absent: the whole tile).
 # A key tile's program holds K, V and the dK, dV accumulators for its whole walk; half-tile steps
 # halve the (keys, queries) score and dS tiles, so the walk fits the register cap above without
@@ -103,9 +104,14 @@ LONG_WALK = 8  # mean visits per query tile from which a plan list counts as "lo
 INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no delta pre-pass) ...
 # ... while the backward has fewer query rows (batch * heads * n) than this. Inline saves a launch
 # (host time, which decides small calls); the pre-pass saves reloading O per visit (GPU time, which
-# decides large ones): strided pair on the H100, backward kernels 0.130 vs 0.126 ms at 8 x 16,384
-# rows but eager 0.327 vs 0.468 ms; at 8 x 65,536 rows 0.615 vs 0.588 ms (gpu_check run 7).
-INLINE_DELTA_MAX_ROWS = 2**19
+# decides large ones). With the work in position order (SHORT_WALK_ORDER) the reloaded O tiles hit
+# L2: strided pair at 8 x 65,536 rows, backward 0.495 ms inline vs 0.508 with the pre-pass (kernel
+# sweep run 6; with the old longest-first order the pre-pass won, 0.588 vs 0.615). Larger calls
+# keep the pre-pass (not measured).
+INLINE_DELTA_MAX_ROWS = 2**20
+# Backward as two launches, dK/dV programs then dQ programs ("bwd_dq" configs), each compiled
+# without the other's branch (own registers), instead of one launch holding both.
+BWD_SPLIT = False
 
 
 _CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 8.0 (asked once)
@@ -341,6 +347,7 @@ class KernelTables:
     # word c // 64); [m, 0] rows = queries, [m, 1] transposed (rows = keys)
     fwd_items: torch.Tensor  # (I, 2) int32: head, query tile
     bwd_items: torch.Tensor  # (J, 3) int32: head, tile, kind (0: dK/dV of a key tile, 1: dQ)
+    bwd_items_by_kind: tuple  # the dK/dV items, the dQ items (for BWD_SPLIT's two launches)
     q_round_items: tuple  # per round: (I, 2) int32 (head, query tile) of slot tiles
     k_round_items: tuple
     n_qslots: int
@@ -368,6 +375,11 @@ class KernelTables:
     def bwd_static(self) -> tuple:
         return (self.qdesc, self.qpos, self.kdesc, self.kpos, self.fvis, self.fptr, self.fsplit,
                 self.bvis, self.bptr, self.bsplit, self.masks, self.bwd_items)
+
+    @functools.cached_property
+    def bwd_static_by_kind(self) -> tuple[tuple, tuple]:
+        """The backward's table arguments for a launch of dK/dV programs alone, and of dQ alone."""
+        return tuple(self.bwd_static[:-1] + (items,) for items in self.bwd_items_by_kind)
 
 
 def _combine(plans: list[BlockPlan], device) -> KernelTables:
@@ -460,6 +472,7 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
         bvis=dev(bvis), bptr=dev(bptr), bsplit=dev(cat["bsplit"]),
         masks=masks.contiguous().to(device),
         fwd_items=dev(fwd_items), bwd_items=dev(bwd_items),
+        bwd_items_by_kind=tuple(dev(bwd_items[bwd_items[:, 2] == c]) for c in (0, 1)),
         q_round_items=tuple(dev(torch.tensor(qr[i])) for i in sorted(qr)),
         k_round_items=tuple(dev(torch.tensor(kr[i])) for i in sorted(kr)),
         n_qslots=qs_off, n_kslots=ks_off, zero_dkv=any(pt.zero_dkv for pt in parts),
@@ -733,8 +746,9 @@ def launch_stats() -> dict:
 
 def _config(kind: str, tabs: KernelTables, head_dim: int) -> tuple[int, int, int | None]:
     """(num_warps, num_stages, maxnreg) for a kernel over these tables."""
-    warps, long_stages, short_stages = CONFIGS.get((kind, tabs.block), (4, 2, 1))
-    cap = MAXNREG.get((kind, tabs.block)) if head_dim <= 64 else None
+    fallback = "bwd" if kind == "bwd_dq" else kind  # the dQ launch of BWD_SPLIT: the backward's own by default
+    warps, long_stages, short_stages = CONFIGS.get((kind, tabs.block), CONFIGS.get((fallback, tabs.block), (4, 2, 1)))
+    cap = MAXNREG.get((kind, tabs.block), MAXNREG.get((fallback, tabs.block))) if head_dim <= 64 else None
     return warps, long_stages if tabs.long_walk else short_stages, cap
 
 
@@ -807,17 +821,22 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         dv_s = torch.empty(bsz, h, krows, dv, device=q.device, dtype=torch.float32)
     else:
         dk_s, dv_s = dk, dvv
-    warps, stages, maxnreg = _config("bwd", tabs, max(d, dv))
-    grid = (tabs.bwd_items.shape[0], bsz)
-    kern.bwd_kernel(
-        grid,
-        (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
-         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
-         h, n, qrows, krows, scale, scale * LOG2E),
-        (blk, d, dv, _pow2(d), _pow2(dv), inline_delta,  # BLOCK D DV BD BDV INLINE_DELTA QSUB
-         blk if tabs.long_walk else BWD_QSUB.get(blk, blk)),
-        warps, stages, maxnreg, tabs.bwd_static,
-    )
+    args = (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
+            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
+            h, n, qrows, krows, scale, scale * LOG2E)
+    consts = (blk, d, dv, _pow2(d), _pow2(dv), inline_delta,  # BLOCK D DV BD BDV INLINE_DELTA QSUB
+              blk if tabs.long_walk else BWD_QSUB.get(blk, blk))
+    if BWD_SPLIT:
+        for only, kind in ((0, "bwd"), (1, "bwd_dq")):
+            if not tabs.bwd_items_by_kind[only].shape[0]:
+                continue
+            warps, stages, maxnreg = _config(kind, tabs, max(d, dv))
+            kern.bwd_kernel((tabs.bwd_items_by_kind[only].shape[0], bsz), args, (*consts, only),
+                            warps, stages, maxnreg, tabs.bwd_static_by_kind[only])
+    else:
+        warps, stages, maxnreg = _config("bwd", tabs, max(d, dv))
+        kern.bwd_kernel((tabs.bwd_items.shape[0], bsz), args, (*consts, -1), warps, stages, maxnreg,
+                        tabs.bwd_static)
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
         kern.add_slots_kernel(
             (items.shape[0], bsz), (dq, dq_s, dq, dq_s, h, n, qrows, tabs.qdesc, tabs.qpos, items),

@@ -476,16 +476,20 @@ def bwd_kernel(
     H, N, QROWS, KROWS, scale, qk_scale,
     qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, ONLY: tl.constexpr,
 ):
-    """One launch: item kind 0 computes a key tile's dK, dV (walking its query tiles in steps of
-    QSUB rows); kind 1 a query tile's dQ. O is the forward output (contiguous); with INLINE_DELTA,
-    DELTA is not read (no pre-pass ran)."""
+    """Item kind 0 computes a key tile's dK, dV (walking its query tiles in steps of QSUB rows);
+    kind 1 a query tile's dQ. ONLY = -1: both kinds in one launch, as the items say; 0 or 1: a
+    launch of that kind alone (compiled without the other branch, so with its own registers). O is
+    the forward output (contiguous); with INLINE_DELTA, DELTA is not read (no pre-pass ran)."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.load(items + 3 * pid).to(tl.int64)
     tile = tl.load(items + 3 * pid + 1)
-    kind = tl.load(items + 3 * pid + 2)
+    if ONLY < 0:
+        kind = tl.load(items + 3 * pid + 2)
+    else:
+        kind = ONLY
     bh = b * H + h
     if kind == 0:
         _bwd_dkdv(
