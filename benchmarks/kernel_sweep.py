@@ -39,13 +39,12 @@ from sparse_transformer.kernels import triton_attention as TA
 # the reference (the defaults). Long-walk forwards run on FWD_BLOCK_LONG's tile (its own CONFIGS).
 SHORT = [
     (64, (4, 1, 128), (4, 1, 168), {}),  # the default
+    (64, (4, 1, 128), (4, 1, 168), {"PREFETCH": False}),  # no L2 prefetch of the walks' rows
     (64, (4, 1, 128), (4, 1, 168), {"BWD_QSUB": {}}),  # dK/dV walk in whole query tiles
     (64, (4, 1, 128), (4, 1, 168), {"SHORT_WALK_ORDER": "longest"}),
     (64, (4, 1, 128), (4, 1, 168), {"INLINE_DELTA_MAX_ROWS": 0}),  # delta pre-pass at any size
     (64, (4, 1, 168), (4, 1, 168), {}),
     (64, (4, 2, 128), (4, 1, 168), {}),
-    (64, (4, 1, 128), (4, 1, 168), {"BWD_SPLIT": True}),
-    (64, (4, 1, 128), (4, 1, 168), {"BWD_SPLIT": True, "MAXNREG": {("bwd_dq", 64): 128}}),
 ]
 LONG = [
     (64, (4, 3, 168), (4, 2, 168), {}),  # the default
@@ -53,9 +52,8 @@ LONG = [
     (64, (4, 3, 168), (4, 2, 168), {"CONFIGS": {("fwd", 128): (8, 3, 3)}}),
     (64, (4, 3, 168), (4, 2, 168), {"MAXNREG": {("fwd", 128): 168}}),
     (64, (4, 3, 168), (4, 3, 168), {}),
-    (64, (4, 3, 168), (4, 2, 168), {"BWD_SPLIT": True}),
 ]
-SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER", "INLINE_DELTA_MAX_ROWS", "BWD_SPLIT")  # set as a whole
+SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER", "INLINE_DELTA_MAX_ROWS", "PREFETCH")  # set as a whole
 # CONFIGS and MAXNREG entries in a variant's settings are merged into those tables.
 
 

@@ -119,13 +119,10 @@ def test_mask_tiles_wide_blocks(block):
         kernels.PLAN_BLOCK["triton"] = saved
 
 
-@pytest.mark.parametrize("split_bwd", [False, True], ids=["one-backward-launch", "split-backward"])
-def test_every_visit_kind(monkeypatch, split_bwd):
+def test_every_visit_kind():
     """One launch whose lists hold all five visit kinds, both directions: fast on contiguous tiles
     (local), fast on strided progressions (strided(8): two 16-row tiles per residue class), causal,
-    mask tile (local windows, fixed blocks) and gathered (strided(5): ragged classes). The backward
-    runs as one launch, or as a dK/dV launch then a dQ launch (BWD_SPLIT)."""
-    monkeypatch.setattr(TA, "BWD_SPLIT", split_bwd)
+    mask tile (local windows, fixed blocks) and gathered (strided(5): ragged classes)."""
     n = 250
     heads = [P.strided(8), P.local(32), P.union(*P.factorized("fixed", 32, 8)), P.strided(5)]
     tabs = TA.kernel_tables([p.plan(n, 16, DEVICE) for p in heads], DEVICE)

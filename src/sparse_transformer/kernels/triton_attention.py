@@ -47,6 +47,7 @@ import functools
 import logging
 import math
 import operator
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -100,6 +101,10 @@ FWD_BLOCK_LONG: dict[int, int] = {64: 128}
 # and dQ programs side by side), so programs running together share their neighbours' tiles in
 # L2, or "longest" (longest walks first, as long-walk plans always are: they would finish last).
 SHORT_WALK_ORDER = "position"
+# Short walks: each program first asks L2 for the rows of all the tiles it will visit (one
+# prefetch instruction per row, rows of at most 128 bytes), so its loads after the first do not
+# each wait out a DRAM round trip in turn. Not under the interpreter (no PTX there).
+PREFETCH = True
 LONG_WALK = 8  # mean visits per query tile from which a plan list counts as "long"
 INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no delta pre-pass) ...
 # ... while the backward has fewer query rows (batch * heads * n) than this. Inline saves a launch
@@ -109,9 +114,6 @@ INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no 
 # sweep run 6; with the old longest-first order the pre-pass won, 0.588 vs 0.615). Larger calls
 # keep the pre-pass (not measured).
 INLINE_DELTA_MAX_ROWS = 2**20
-# Backward as two launches, dK/dV programs then dQ programs ("bwd_dq" configs), each compiled
-# without the other's branch (own registers), instead of one launch holding both.
-BWD_SPLIT = False
 
 
 _CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 8.0 (asked once)
@@ -119,7 +121,7 @@ _CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 8.0 (ask
 
 def available(device: torch.device | str) -> bool:
     """CUDA with compute capability >= 8.0 and Triton importable, or the Triton interpreter."""
-    import os
+
 
     device = torch.device(device)
     try:
@@ -347,7 +349,6 @@ class KernelTables:
     # word c // 64); [m, 0] rows = queries, [m, 1] transposed (rows = keys)
     fwd_items: torch.Tensor  # (I, 2) int32: head, query tile
     bwd_items: torch.Tensor  # (J, 3) int32: head, tile, kind (0: dK/dV of a key tile, 1: dQ)
-    bwd_items_by_kind: tuple  # the dK/dV items, the dQ items (for BWD_SPLIT's two launches)
     q_round_items: tuple  # per round: (I, 2) int32 (head, query tile) of slot tiles
     k_round_items: tuple
     n_qslots: int
@@ -375,11 +376,6 @@ class KernelTables:
     def bwd_static(self) -> tuple:
         return (self.qdesc, self.qpos, self.kdesc, self.kpos, self.fvis, self.fptr, self.fsplit,
                 self.bvis, self.bptr, self.bsplit, self.masks, self.bwd_items)
-
-    @functools.cached_property
-    def bwd_static_by_kind(self) -> tuple[tuple, tuple]:
-        """The backward's table arguments for a launch of dK/dV programs alone, and of dQ alone."""
-        return tuple(self.bwd_static[:-1] + (items,) for items in self.bwd_items_by_kind)
 
 
 def _combine(plans: list[BlockPlan], device) -> KernelTables:
@@ -472,7 +468,6 @@ def _combine(plans: list[BlockPlan], device) -> KernelTables:
         bvis=dev(bvis), bptr=dev(bptr), bsplit=dev(cat["bsplit"]),
         masks=masks.contiguous().to(device),
         fwd_items=dev(fwd_items), bwd_items=dev(bwd_items),
-        bwd_items_by_kind=tuple(dev(bwd_items[bwd_items[:, 2] == c]) for c in (0, 1)),
         q_round_items=tuple(dev(torch.tensor(qr[i])) for i in sorted(qr)),
         k_round_items=tuple(dev(torch.tensor(kr[i])) for i in sorted(kr)),
         n_qslots=qs_off, n_kslots=ks_off, zero_dkv=any(pt.zero_dkv for pt in parts),
@@ -582,7 +577,7 @@ def _other_key(a):
 
 def _direct_launch_supported(triton_module) -> tuple[bool, str]:
     """(usable, why not) for the direct launch path with this Triton."""
-    import os
+
 
     if os.environ.get("TRITON_INTERPRET") == "1":
         return False, "TRITON_INTERPRET=1"
@@ -746,10 +741,15 @@ def launch_stats() -> dict:
 
 def _config(kind: str, tabs: KernelTables, head_dim: int) -> tuple[int, int, int | None]:
     """(num_warps, num_stages, maxnreg) for a kernel over these tables."""
-    fallback = "bwd" if kind == "bwd_dq" else kind  # the dQ launch of BWD_SPLIT: the backward's own by default
-    warps, long_stages, short_stages = CONFIGS.get((kind, tabs.block), CONFIGS.get((fallback, tabs.block), (4, 2, 1)))
-    cap = MAXNREG.get((kind, tabs.block), MAXNREG.get((fallback, tabs.block))) if head_dim <= 64 else None
+    warps, long_stages, short_stages = CONFIGS.get((kind, tabs.block), (4, 2, 1))
+    cap = MAXNREG.get((kind, tabs.block)) if head_dim <= 64 else None
     return warps, long_stages if tabs.long_walk else short_stages, cap
+
+
+def _prefetch(tabs: KernelTables, q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the kernels over ``tabs`` prefetch their walks' rows (PREFETCH)."""
+    return (PREFETCH and not tabs.long_walk and max(q.shape[-1], v.shape[-1]) * q.element_size() <= 128
+            and os.environ.get("TRITON_INTERPRET") != "1")
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
@@ -780,7 +780,7 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
         (q, k, v, o, lse, o_s, lse_s,
          *_strides3(q), *_strides3(k), *_strides3(v),
          h, n, rows, scale * LOG2E),
-        (blk, d, dv, _pow2(d), _pow2(dv)),  # BLOCK, D, DV, BD, BDV
+        (blk, d, dv, _pow2(d), _pow2(dv), _prefetch(tabs, q, v)),  # BLOCK, D, DV, BD, BDV, PREFETCH
         warps, stages, maxnreg, tabs.fwd_static,
     )
     for items in tabs.q_round_items:
@@ -824,19 +824,10 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     args = (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
             h, n, qrows, krows, scale, scale * LOG2E)
-    consts = (blk, d, dv, _pow2(d), _pow2(dv), inline_delta,  # BLOCK D DV BD BDV INLINE_DELTA QSUB
-              blk if tabs.long_walk else BWD_QSUB.get(blk, blk))
-    if BWD_SPLIT:
-        for only, kind in ((0, "bwd"), (1, "bwd_dq")):
-            if not tabs.bwd_items_by_kind[only].shape[0]:
-                continue
-            warps, stages, maxnreg = _config(kind, tabs, max(d, dv))
-            kern.bwd_kernel((tabs.bwd_items_by_kind[only].shape[0], bsz), args, (*consts, only),
-                            warps, stages, maxnreg, tabs.bwd_static_by_kind[only])
-    else:
-        warps, stages, maxnreg = _config("bwd", tabs, max(d, dv))
-        kern.bwd_kernel((tabs.bwd_items.shape[0], bsz), args, (*consts, -1), warps, stages, maxnreg,
-                        tabs.bwd_static)
+    consts = (blk, d, dv, _pow2(d), _pow2(dv), inline_delta,  # BLOCK D DV BD BDV INLINE_DELTA QSUB PREFETCH
+              blk if tabs.long_walk else BWD_QSUB.get(blk, blk), _prefetch(tabs, q, v))
+    warps, stages, maxnreg = _config("bwd", tabs, max(d, dv))
+    kern.bwd_kernel((tabs.bwd_items.shape[0], bsz), args, consts, warps, stages, maxnreg, tabs.bwd_static)
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
         kern.add_slots_kernel(
             (items.shape[0], bsz), (dq, dq_s, dq, dq_s, h, n, qrows, tabs.qdesc, tabs.qpos, items),

@@ -83,6 +83,26 @@ def _kv_tile(kb, vb, kj, skn, svn, od, odv, D: tl.constexpr, DV: tl.constexpr, B
 
 
 @triton.jit
+def _prefetch_visits(base, stride, vis, e0, e1, BLOCK: tl.constexpr, NV: tl.constexpr):
+    """Ask L2 for the rows of the tiles of visits e0 .. e0+NV-1 (those < e1) of a walk, one
+    ``prefetch.global.L2`` per row (the caller enables this only for rows of at most 128 bytes: one
+    line each). Nothing is waited for and no register is held: a short walk's loads then come from
+    L2 instead of each waiting out a DRAM round trip after the previous visit's compute. Gathered
+    tiles (start < 0) and visits past e1 prefetch row 0 instead."""
+    e = e0 + tl.arange(0, NV)
+    ok = e < e1
+    vp = vis + e * 6
+    start = tl.load(vp + 2, mask=ok, other=0)
+    shift = tl.load(vp + 3, mask=ok, other=0)
+    r = tl.arange(0, BLOCK)[None, :]
+    rows = (tl.maximum(start, 0)[:, None] + (r >> shift[:, None]) * tl.load(vp + 5, mask=ok, other=0)[:, None]
+            + (r & ((1 << shift[:, None]) - 1)) * tl.load(vp + 4, mask=ok, other=0)[:, None])
+    ptrs = base + rows.to(tl.int64) * stride
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
 def _walk_bounds(ptr, split, t):
     """A tile's visit list: [e0, e1), with the ends of its contiguous fast, other fast, causal and
     mask-tile visits (the gathered ones run from the last to e1)."""
@@ -175,7 +195,10 @@ def fwd_kernel(
     H, N, SROWS, qk_scale,
     qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
+    """A query tile's output and log2-sum-exp: online softmax over its visit list. PREFETCH: ask
+    L2 for the visited K/V rows first (short walks)."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.load(items + 2 * pid).to(tl.int64)
@@ -192,6 +215,9 @@ def fwd_kernel(
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BDV], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(fptr, fsplit, t)
+    if PREFETCH:
+        _prefetch_visits(kb, skn, fvis, e0, e1, BLOCK, 8)
+        _prefetch_visits(vb, svn, fvis, e0, e1, BLOCK, 8)
     # Fast visits: every pair allowed, tile rows an arithmetic progression: no mask, no gather.
     # Contiguous key tiles first (vector loads), then the other progressions.
     for e in range(e0, e_c):
@@ -342,7 +368,7 @@ def _bwd_dkdv(
     qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """dK, dV of key tile ``kt``: walk the query tiles that see it (transposed visit list; fast,
     masked, gathered visits as in the forward). INLINE_DELTA: rowsum(dO * O) of each visited query
@@ -361,6 +387,11 @@ def _bwd_dkdv(
     dk = tl.zeros([BLOCK, BD], tl.float32)
     dv = tl.zeros([BLOCK, BDV], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(bptr, bsplit, kt)
+    if PREFETCH:
+        _prefetch_visits(qb, sqn, bvis, e0, e1, BLOCK, 8)
+        _prefetch_visits(dob, sdn, bvis, e0, e1, BLOCK, 8)
+        if INLINE_DELTA:
+            _prefetch_visits(ob, DV, bvis, e0, e1, BLOCK, 8)
     # Each visited query tile in NSUB steps of QSUB rows: smaller (keys, queries) score tiles, so the
     # walk fits the register cap without spills. Step i: visit i // NSUB, its rows c0 .. c0+QSUB-1.
     NSUB: tl.constexpr = BLOCK // QSUB
@@ -421,7 +452,7 @@ def _bwd_dq(
     qdesc, qpos, kpos, fvis, fptr, fsplit, masks,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """dQ of query tile ``t``: walk its visit list again."""
     offs = tl.arange(0, BLOCK)
@@ -435,6 +466,9 @@ def _bwd_dq(
     vb = V + b * svb + h * svh
     dq = tl.zeros([BLOCK, BD], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(fptr, fsplit, t)
+    if PREFETCH:
+        _prefetch_visits(kb, skn, fvis, e0, e1, BLOCK, 8)
+        _prefetch_visits(vb, svn, fvis, e0, e1, BLOCK, 8)
     for e in range(e0, e_c):
         kj = _visit_rows_contig(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
@@ -476,20 +510,16 @@ def bwd_kernel(
     H, N, QROWS, KROWS, scale, qk_scale,
     qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, ONLY: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, PREFETCH: tl.constexpr,
 ):
-    """Item kind 0 computes a key tile's dK, dV (walking its query tiles in steps of QSUB rows);
-    kind 1 a query tile's dQ. ONLY = -1: both kinds in one launch, as the items say; 0 or 1: a
-    launch of that kind alone (compiled without the other branch, so with its own registers). O is
-    the forward output (contiguous); with INLINE_DELTA, DELTA is not read (no pre-pass ran)."""
+    """One launch: item kind 0 computes a key tile's dK, dV (walking its query tiles in steps of
+    QSUB rows); kind 1 a query tile's dQ. O is the forward output (contiguous); with INLINE_DELTA,
+    DELTA is not read (no pre-pass ran)."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.load(items + 3 * pid).to(tl.int64)
     tile = tl.load(items + 3 * pid + 1)
-    if ONLY < 0:
-        kind = tl.load(items + 3 * pid + 2)
-    else:
-        kind = ONLY
+    kind = tl.load(items + 3 * pid + 2)
     bh = b * H + h
     if kind == 0:
         _bwd_dkdv(
@@ -497,7 +527,7 @@ def bwd_kernel(
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, KROWS, tile,
             qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB, PREFETCH,
         )
     else:
         _bwd_dq(
@@ -505,7 +535,7 @@ def bwd_kernel(
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, QROWS, tile,
             qdesc, qpos, kpos, fvis, fptr, fsplit, masks,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, PREFETCH,
         )
 
 
