@@ -39,7 +39,6 @@ from sparse_transformer.kernels import triton_attention as TA
 # the reference (the defaults). Long-walk forwards run on FWD_BLOCK_LONG's tile (its own CONFIGS).
 SHORT = [
     (64, (4, 1, 128), (4, 1, 168), {}),  # the default
-    (64, (4, 1, 128), (4, 1, 168), {"PREFETCH": False}),  # no L2 prefetch of the walks' rows
     (64, (4, 1, 128), (4, 1, 168), {"BWD_QSUB": {}}),  # dK/dV walk in whole query tiles
     (64, (4, 1, 128), (4, 1, 168), {"SHORT_WALK_ORDER": "longest"}),
     (64, (4, 1, 128), (4, 1, 168), {"INLINE_DELTA_MAX_ROWS": 0}),  # delta pre-pass at any size
@@ -53,7 +52,7 @@ LONG = [
     (64, (4, 3, 168), (4, 2, 168), {"MAXNREG": {("fwd", 128): 168}}),
     (64, (4, 3, 168), (4, 3, 168), {}),
 ]
-SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER", "INLINE_DELTA_MAX_ROWS", "PREFETCH")  # set as a whole
+SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER", "INLINE_DELTA_MAX_ROWS")  # set as a whole
 # CONFIGS and MAXNREG entries in a variant's settings are merged into those tables.
 
 

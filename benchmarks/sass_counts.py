@@ -85,9 +85,8 @@ def main() -> None:
     ap.add_argument("--inline-delta", action="store_true")
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--qsub", type=int, default=32, help="query rows per dK/dV step (64: whole tiles)")
-    ap.add_argument("--prefetch", action="store_true", help="the short-walk L2 prefetch of each walk's rows")
     args = ap.parse_args()
-    base = {"BLOCK": 64, "D": 64, "DV": 64, "BD": 64, "BDV": 64, "PREFETCH": args.prefetch}
+    base = {"BLOCK": 64, "D": 64, "DV": 64, "BD": 64, "BDV": 64}
     report("fwd_kernel", compile_sm90(K.fwd_kernel, base, 4, args.stages, args.maxnreg))
     report("bwd_kernel", compile_sm90(K.bwd_kernel, {**base, "INLINE_DELTA": args.inline_delta, "QSUB": args.qsub}, 4, args.stages,
                                                args.maxnreg))

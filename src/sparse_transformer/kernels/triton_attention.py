@@ -47,7 +47,6 @@ import functools
 import logging
 import math
 import operator
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -101,10 +100,6 @@ FWD_BLOCK_LONG: dict[int, int] = {64: 128}
 # and dQ programs side by side), so programs running together share their neighbours' tiles in
 # L2, or "longest" (longest walks first, as long-walk plans always are: they would finish last).
 SHORT_WALK_ORDER = "position"
-# Short walks: each program first asks L2 for the rows of all the tiles it will visit (one
-# prefetch instruction per row, rows of at most 128 bytes), so its loads after the first do not
-# each wait out a DRAM round trip in turn. Not under the interpreter (no PTX there).
-PREFETCH = True
 LONG_WALK = 8  # mean visits per query tile from which a plan list counts as "long"
 INLINE_DELTA = True  # short-walk plans: rowsum(dO * O) inside the backward (no delta pre-pass) ...
 # ... while the backward has fewer query rows (batch * heads * n) than this. Inline saves a launch
@@ -121,7 +116,7 @@ _CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 8.0 (ask
 
 def available(device: torch.device | str) -> bool:
     """CUDA with compute capability >= 8.0 and Triton importable, or the Triton interpreter."""
-
+    import os
 
     device = torch.device(device)
     try:
@@ -577,6 +572,7 @@ def _other_key(a):
 
 def _direct_launch_supported(triton_module) -> tuple[bool, str]:
     """(usable, why not) for the direct launch path with this Triton."""
+    import os
 
 
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -746,12 +742,6 @@ def _config(kind: str, tabs: KernelTables, head_dim: int) -> tuple[int, int, int
     return warps, long_stages if tabs.long_walk else short_stages, cap
 
 
-def _prefetch(tabs: KernelTables, q: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the kernels over ``tabs`` prefetch their walks' rows (PREFETCH)."""
-    return (PREFETCH and not tabs.long_walk and max(q.shape[-1], v.shape[-1]) * q.element_size() <= 128
-            and os.environ.get("TRITON_INTERPRET") != "1")
-
-
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride()[:3]
 
@@ -780,7 +770,7 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
         (q, k, v, o, lse, o_s, lse_s,
          *_strides3(q), *_strides3(k), *_strides3(v),
          h, n, rows, scale * LOG2E),
-        (blk, d, dv, _pow2(d), _pow2(dv), _prefetch(tabs, q, v)),  # BLOCK, D, DV, BD, BDV, PREFETCH
+        (blk, d, dv, _pow2(d), _pow2(dv)),  # BLOCK, D, DV, BD, BDV
         warps, stages, maxnreg, tabs.fwd_static,
     )
     for items in tabs.q_round_items:
@@ -824,8 +814,8 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     args = (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
             h, n, qrows, krows, scale, scale * LOG2E)
-    consts = (blk, d, dv, _pow2(d), _pow2(dv), inline_delta,  # BLOCK D DV BD BDV INLINE_DELTA QSUB PREFETCH
-              blk if tabs.long_walk else BWD_QSUB.get(blk, blk), _prefetch(tabs, q, v))
+    consts = (blk, d, dv, _pow2(d), _pow2(dv), inline_delta,  # BLOCK D DV BD BDV INLINE_DELTA QSUB
+              blk if tabs.long_walk else BWD_QSUB.get(blk, blk))
     warps, stages, maxnreg = _config("bwd", tabs, max(d, dv))
     kern.bwd_kernel((tabs.bwd_items.shape[0], bsz), args, consts, warps, stages, maxnreg, tabs.bwd_static)
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO

@@ -83,26 +83,6 @@ def _kv_tile(kb, vb, kj, skn, svn, od, odv, D: tl.constexpr, DV: tl.constexpr, B
 
 
 @triton.jit
-def _prefetch_visits(base, stride, vis, e0, e1, BLOCK: tl.constexpr, NV: tl.constexpr):
-    """Ask L2 for the rows of the tiles of visits e0 .. e0+NV-1 (those < e1) of a walk, one
-    ``prefetch.global.L2`` per row (the caller enables this only for rows of at most 128 bytes: one
-    line each). Nothing is waited for and no register is held: a short walk's loads then come from
-    L2 instead of each waiting out a DRAM round trip after the previous visit's compute. Gathered
-    tiles (start < 0) and visits past e1 prefetch row 0 instead."""
-    e = e0 + tl.arange(0, NV)
-    ok = e < e1
-    vp = vis + e * 6
-    start = tl.load(vp + 2, mask=ok, other=0)
-    shift = tl.load(vp + 3, mask=ok, other=0)
-    r = tl.arange(0, BLOCK)[None, :]
-    rows = (tl.maximum(start, 0)[:, None] + (r >> shift[:, None]) * tl.load(vp + 5, mask=ok, other=0)[:, None]
-            + (r & ((1 << shift[:, None]) - 1)) * tl.load(vp + 4, mask=ok, other=0)[:, None])
-    ptrs = base + rows.to(tl.int64) * stride
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
 def _walk_bounds(ptr, split, t):
     """A tile's visit list: [e0, e1), with the ends of its contiguous fast, other fast, causal and
     mask-tile visits (the gathered ones run from the last to e1)."""
@@ -195,10 +175,8 @@ def fwd_kernel(
     H, N, SROWS, qk_scale,
     qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
-    """A query tile's output and log2-sum-exp: online softmax over its visit list. PREFETCH: ask
-    L2 for the visited K/V rows first (short walks)."""
+    """A query tile's output and log2-sum-exp: online softmax over its visit list."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.load(items + 2 * pid).to(tl.int64)
@@ -215,9 +193,6 @@ def fwd_kernel(
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BDV], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(fptr, fsplit, t)
-    if PREFETCH:
-        _prefetch_visits(kb, skn, fvis, e0, e1, BLOCK, 8)
-        _prefetch_visits(vb, svn, fvis, e0, e1, BLOCK, 8)
     # Fast visits: every pair allowed, tile rows an arithmetic progression: no mask, no gather.
     # Contiguous key tiles first (vector loads), then the other progressions.
     for e in range(e0, e_c):
@@ -368,7 +343,7 @@ def _bwd_dkdv(
     qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, PREFETCH: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr,
 ):
     """dK, dV of key tile ``kt``: walk the query tiles that see it (transposed visit list; fast,
     masked, gathered visits as in the forward). INLINE_DELTA: rowsum(dO * O) of each visited query
@@ -387,11 +362,6 @@ def _bwd_dkdv(
     dk = tl.zeros([BLOCK, BD], tl.float32)
     dv = tl.zeros([BLOCK, BDV], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(bptr, bsplit, kt)
-    if PREFETCH:
-        _prefetch_visits(qb, sqn, bvis, e0, e1, BLOCK, 8)
-        _prefetch_visits(dob, sdn, bvis, e0, e1, BLOCK, 8)
-        if INLINE_DELTA:
-            _prefetch_visits(ob, DV, bvis, e0, e1, BLOCK, 8)
     # Each visited query tile in NSUB steps of QSUB rows: smaller (keys, queries) score tiles, so the
     # walk fits the register cap without spills. Step i: visit i // NSUB, its rows c0 .. c0+QSUB-1.
     NSUB: tl.constexpr = BLOCK // QSUB
@@ -452,7 +422,7 @@ def _bwd_dq(
     qdesc, qpos, kpos, fvis, fptr, fsplit, masks,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr, PREFETCH: tl.constexpr,
+    INLINE_DELTA: tl.constexpr,
 ):
     """dQ of query tile ``t``: walk its visit list again."""
     offs = tl.arange(0, BLOCK)
@@ -466,9 +436,6 @@ def _bwd_dq(
     vb = V + b * svb + h * svh
     dq = tl.zeros([BLOCK, BD], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(fptr, fsplit, t)
-    if PREFETCH:
-        _prefetch_visits(kb, skn, fvis, e0, e1, BLOCK, 8)
-        _prefetch_visits(vb, svn, fvis, e0, e1, BLOCK, 8)
     for e in range(e0, e_c):
         kj = _visit_rows_contig(fvis, e, 0, BLOCK)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
@@ -510,7 +477,7 @@ def bwd_kernel(
     H, N, QROWS, KROWS, scale, qk_scale,
     qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, PREFETCH: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr,
 ):
     """One launch: item kind 0 computes a key tile's dK, dV (walking its query tiles in steps of
     QSUB rows); kind 1 a query tile's dQ. O is the forward output (contiguous); with INLINE_DELTA,
@@ -527,7 +494,7 @@ def bwd_kernel(
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, KROWS, tile,
             qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB, PREFETCH,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB,
         )
     else:
         _bwd_dq(
@@ -535,7 +502,7 @@ def bwd_kernel(
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, QROWS, tile,
             qdesc, qpos, kpos, fvis, fptr, fsplit, masks,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, PREFETCH,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA,
         )
 
 
