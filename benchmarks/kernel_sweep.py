@@ -44,6 +44,8 @@ SHORT = [
     (64, (4, 1, 128), (4, 1, 168), {"INLINE_DELTA_MAX_ROWS": 0}),  # delta pre-pass at any size
     (64, (4, 1, 168), (4, 1, 168), {}),
     (64, (4, 2, 128), (4, 1, 168), {}),
+    (64, (8, 1, 128), (4, 1, 168), {}),  # 8 warps on 64-row tiles: two programs per multiprocessor
+    (64, (4, 1, 128), (8, 1, 128), {}),
 ]
 LONG = [
     (64, (4, 3, 168), (4, 2, 168), {}),  # the default
