@@ -574,7 +574,6 @@ def _direct_launch_supported(triton_module) -> tuple[bool, str]:
     """(usable, why not) for the direct launch path with this Triton."""
     import os
 
-
     if os.environ.get("TRITON_INTERPRET") == "1":
         return False, "TRITON_INTERPRET=1"
     try:
