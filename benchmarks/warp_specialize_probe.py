@@ -138,9 +138,12 @@ def on_gpu(n: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=16384)
+    ap.add_argument("--n", type=int, default=16384, help="sequence length (the dense reference needs n <= 16384)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.n > 16384 or args.n % (L * BLOCK // C):
+        raise SystemExit(f"--n must be a multiple of {L * BLOCK // C} and at most 16384 (the float32 reference "
+                         f"holds an n x n mask), got {args.n}")
     for r in compile_only():
         print(f"sm_90 compile: {r['kernel']:8s} warp_specialize={r['warp_specialize']!s:5s} "
               f"-> partitioned: {r['partitioned']}")
