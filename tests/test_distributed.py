@@ -62,6 +62,7 @@ def _worker(rank, port, mode, micro, out):
     optim = D.full_optimizer_state(model, opt)
     if info.is_main:
         torch.save({"model": state, "optim": optim}, out)
+    del model, opt, state, optim  # the process group goes with the last reference (D.cleanup)
     D.cleanup()
 
 
