@@ -21,7 +21,9 @@ to a power of two; fixed: every head the merged union(block(128), summary(128, 3
 * ``flex-naive``: FlexAttention given the paper's element mask as ``mask_mod`` (per head), its
   BlockMask built by ``create_block_mask`` at 128x128 blocks: no re-layout, so no block sparsity;
 * ``sdpa``: dense causal ``scaled_dot_product_attention`` on the flash backend (does 1/density
-  times the useful work);
+  times the useful work); ``sdpa-cudnn``: the same on the cuDNN backend. Their ``dense_tflops``
+  (every causal pair counted) is the rate the vendors' dense kernels reach at this head dim: a
+  reference for what the fixed pattern's FLOP-bound targets ask;
 * ``torch`` (N <= 16384) and ``reference`` (N = 4096): our pure-PyTorch backends.
 
 Times are medians of ``triton.testing.do_bench`` (in-process, after a warm-up that compiles);
@@ -214,7 +216,7 @@ def summarize(result: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 CUDA_SIZES = [4096, 16384, 65536]
-CUDA_METHODS = ("triton", "flex", "flex-naive", "sdpa", "torch", "reference")
+CUDA_METHODS = ("triton", "flex", "flex-naive", "sdpa", "sdpa-cudnn", "torch", "reference")
 CUDA_LIMITS = {"torch": 16384, "reference": 4096}  # largest N each slow method runs at
 
 
@@ -265,11 +267,13 @@ def _cuda_method(method: str, heads: list, n: int):
     elif method == "flex-naive":
         call, sparsity = _naive_flex(heads, n)
         info["blockmask_sparsity_pct"] = float(sparsity)
-    elif method == "sdpa":
+    elif method in ("sdpa", "sdpa-cudnn"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
+        backend = SDPBackend.FLASH_ATTENTION if method == "sdpa" else SDPBackend.CUDNN_ATTENTION
+
         def call(q, k, v):
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            with sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(CUDA_METHODS)}")

@@ -2,6 +2,8 @@
 
     PYTHONPATH=src python benchmarks/gpu_check.py               # check + sweep + SDPA baselines
     PYTHONPATH=src python benchmarks/gpu_check.py --no-sweep    # check + the default configs only
+    PYTHONPATH=src python benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
+        --set ATOMIC_DQ_LONG=True --set 'BWD_BLOCK_LONG={64: 128}'   # checks of a non-default setting
 
 1. Correctness (tolerance rule of docs/style.md: max|fast - ref64| <= 2 max|ref_lowprec - ref64| +
    atol), checked on a call that uses the direct launches of cached compiled kernels, which must
@@ -22,6 +24,7 @@ Prints a table last; writes JSON to $OUT (or --out).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -180,9 +183,9 @@ def precompile(sweep) -> float:
     return time.time() - t0
 
 
-def correctness(small: bool = False) -> list[dict]:
+def correctness(small: bool = False, only: str | None = None) -> list[dict]:
     rows = []
-    cases = check_cases()
+    cases = [c for c in check_cases() if only is None or only in c[0]]
     if small:
         cases = [(c[0], c[1], 200, c[3], torch.float32 if c[4] == torch.bfloat16 else c[4], c[5]) for c in cases[::4]]
     for name, heads, n, d, dtype, block in cases:
@@ -450,7 +453,20 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     ap.add_argument("--dry", action="store_true", help="CPU dry run of this script (interpreter, tiny)")
     ap.add_argument("--profile-host", action="store_true", help="cProfile of eager strided fwd+bwd at N=4096")
+    ap.add_argument("--only", default=None, help="checks whose name holds this text (e.g. 'fixed')")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a triton_attention setting (a Python literal; dicts are merged), e.g. "
+                         "--set ATOMIC_DQ_LONG=True --set 'BWD_BLOCK_LONG={64: 128}'")
     args = ap.parse_args()
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if not hasattr(TA, name):
+            raise SystemExit(f"--set: triton_attention has no setting {name!r}")
+        value = ast.literal_eval(value)
+        if isinstance(getattr(TA, name), dict) and isinstance(value, dict):
+            getattr(TA, name).update(value)
+        else:
+            setattr(TA, name, value)
     if args.dry:
         global DEVICE, DTYPE
         DEVICE, DTYPE = "cpu", torch.float32
@@ -469,7 +485,7 @@ def main() -> int:
             print(f"precompiled in {precompile(sweep):.0f}s", flush=True)
         except Exception:  # noqa: BLE001  (only a speed-up: the serial run compiles what is missing)
             traceback.print_exc()
-    checks = [] if args.no_check else correctness(small=args.dry)
+    checks = [] if args.no_check else correctness(small=args.dry, only=args.only)
     print(f"checks done at {time.time() - t0:.0f}s", flush=True)
     diag = {}
     if not args.dry:

@@ -4,7 +4,7 @@
 
 For each case (B=1, H=8, D=64, bf16; the target cases of ``benchmarks/attention.py``) and each
 variant (plan tile, forward (warps, stages, maxnreg), backward (warps, stages, maxnreg), module
-settings such as ``BWD_QSUB``, ``FWD_BLOCK_LONG``, ``SHORT_WALK_ORDER``): the median
+settings such as ``BWD_STEPS``, ``FWD_BLOCK_LONG``, ``BWD_BLOCK_LONG``, ``ATOMIC_DQ_LONG``): the median
 ms of ``triton.testing.do_bench`` of the forward launches and of the backward launches called
 directly (no autograd, no dispatcher: GPU time plus the launch cost), the compiled kernels'
 registers and spills, and the largest difference of the output and the three gradients from the
@@ -39,23 +39,23 @@ from sparse_transformer.kernels import triton_attention as TA
 # the reference (the defaults). Long-walk forwards run on FWD_BLOCK_LONG's tile (its own CONFIGS).
 SHORT = [
     (64, (4, 1, 128), (4, 1, 168), {}),  # the default
-    (64, (4, 1, 128), (4, 1, 168), {"BWD_QSUB": {}}),  # dK/dV walk in whole query tiles
-    (64, (4, 1, 128), (4, 1, 168), {"SHORT_WALK_ORDER": "longest"}),
-    (64, (4, 1, 128), (4, 1, 168), {"INLINE_DELTA_MAX_ROWS": 0}),  # delta pre-pass at any size
-    (64, (4, 1, 168), (4, 1, 168), {}),
-    (64, (4, 2, 128), (4, 1, 168), {}),
-    (64, (8, 1, 128), (4, 1, 168), {}),  # 8 warps on 64-row tiles: two programs per multiprocessor
-    (64, (4, 1, 128), (8, 1, 128), {}),
+    (64, (4, 1, 128), (4, 1, 168), {"BWD_STEPS": {(64, False): (32, 32)}}),  # dQ walk in half tiles too
+    (128, (8, 1, 128), (8, 1, None), {}),  # 128-row tiles, 8 warps (backward steps of 64 rows)
 ]
+_BWD128 = {"BWD_BLOCK_LONG": {64: 128}, "MAXNREG": {("bwd", 128): None}}
 LONG = [
     (64, (4, 3, 168), (4, 2, 168), {}),  # the default
-    (64, (4, 3, 168), (4, 2, 168), {"FWD_BLOCK_LONG": {}}),  # forward on the 64-row tables
-    (64, (4, 3, 168), (4, 2, 168), {"CONFIGS": {("fwd", 128): (8, 3, 3)}}),
-    (64, (4, 3, 168), (4, 2, 168), {"MAXNREG": {("fwd", 128): 168}}),
-    (64, (4, 3, 168), (4, 3, 168), {}),
+    (64, (4, 3, 168), (4, 2, 168), {"ATOMIC_DQ_LONG": True}),  # dK/dV programs add dQ (atomics)
+    (64, (4, 3, 168), (4, 1, 168), {}),  # one stage: no spills in the backward (sass_counts.py)
+    (64, (4, 3, 168), (4, 2, 168), {**_BWD128, "CONFIGS": {("bwd", 128): (8, 2, 1)}}),  # 128-row backward
+    (64, (4, 3, 168), (4, 2, 168), {**_BWD128, "CONFIGS": {("bwd", 128): (8, 1, 1)}}),
+    (64, (4, 3, 168), (4, 2, 168), {**_BWD128, "CONFIGS": {("bwd", 128): (8, 2, 1)}, "ATOMIC_DQ_LONG": True}),
+    (64, (4, 3, 168), (4, 2, 168), {**_BWD128, "CONFIGS": {("bwd", 128): (8, 1, 1)}, "ATOMIC_DQ_LONG": True}),
 ]
-SETTINGS = ("BWD_QSUB", "FWD_BLOCK_LONG", "SHORT_WALK_ORDER", "INLINE_DELTA_MAX_ROWS")  # set as a whole
-# CONFIGS and MAXNREG entries in a variant's settings are merged into those tables.
+SETTINGS = ("FWD_BLOCK_LONG", "BWD_BLOCK_LONG", "ATOMIC_DQ_LONG", "SHORT_WALK_ORDER",
+            "INLINE_DELTA_MAX_ROWS")  # set as a whole
+DEVICE = "cuda"  # the sweep runs on the GPU (tests of this script set "cpu" under the interpreter)
+MERGED = ("CONFIGS", "MAXNREG", "BWD_STEPS")  # a variant's entries are merged into these tables
 
 
 def regs() -> dict:
@@ -80,11 +80,11 @@ def run_variant(case, n, variant, ref=None):
     TA.MAXNREG[("fwd", block)] = fcfg[2]
     TA.MAXNREG[("bwd", block)] = bcfg[2]  # restored by main() after the sweep, with the settings
     for name, value in settings.items():
-        if name in ("CONFIGS", "MAXNREG"):
+        if name in MERGED:
             getattr(TA, name).update(value)
         else:
             setattr(TA, name, value)
-    dev = "cuda"
+    dev = DEVICE
     tabs = TA.kernel_tables([p.plan(n, block, dev) for p in case_heads(case, n)], dev)
     ftabs = tabs.fwd_tables
     g = torch.Generator(device=dev).manual_seed(0)
@@ -93,7 +93,8 @@ def run_variant(case, n, variant, ref=None):
     o, lse = TA._forward(q, k, v, ftabs, scale)
     grads = TA._backward(q, k, v, o, lse, do, tabs, scale)
     torch.cuda.synchronize()
-    row = {"case": case, "n": n, "block": block, "fwd_block": ftabs.block, "fwd_cfg": list(fcfg),
+    row = {"case": case, "n": n, "block": block, "fwd_block": ftabs.block, "bwd_block": tabs.bwd_tables.block,
+           "fwd_cfg": list(fcfg),
            "bwd_cfg": list(bcfg), "settings": {k: str(v) for k, v in settings.items()}}
     row["fwd_ms"] = float(triton.testing.do_bench(lambda: TA._forward(q, k, v, ftabs, scale), return_mode="median"))
     row["bwd_ms"] = float(triton.testing.do_bench(lambda: TA._backward(q, k, v, o, lse, do, tabs, scale),
@@ -138,6 +139,14 @@ def host_overhead(n: int = 4096) -> dict:
     return out
 
 
+def _restore(settings: dict, merged: dict) -> None:
+    for name, value in settings.items():
+        setattr(TA, name, value)
+    for name, value in merged.items():
+        getattr(TA, name).clear()
+        getattr(TA, name).update(value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=["strided:16384", "strided:65536", "fixed:16384", "fixed:65536"])
@@ -147,7 +156,7 @@ def main() -> None:
     import triton
 
     t_start = time.time()
-    saved_configs, saved_caps = dict(TA.CONFIGS), dict(TA.MAXNREG)
+    saved_merged = {name: dict(getattr(TA, name)) for name in MERGED}
     saved_settings = {name: getattr(TA, name) for name in SETTINGS}
     rows = []
     for spec in args.cases:
@@ -158,12 +167,7 @@ def main() -> None:
             variants = variants[:2]
         ref = None
         for var in variants:
-            for name, value in saved_settings.items():
-                setattr(TA, name, value)
-            TA.CONFIGS.clear()
-            TA.CONFIGS.update(saved_configs)
-            TA.MAXNREG.clear()
-            TA.MAXNREG.update(saved_caps)
+            _restore(saved_settings, saved_merged)
             try:
                 row, outs = run_variant(case, n, var, ref)
                 if ref is None:
@@ -173,12 +177,7 @@ def main() -> None:
                        "settings": {k: str(v) for k, v in var[3].items()}, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    TA.CONFIGS.clear()
-    TA.CONFIGS.update(saved_configs)
-    TA.MAXNREG.clear()
-    TA.MAXNREG.update(saved_caps)
-    for name, value in saved_settings.items():
-        setattr(TA, name, value)
+    _restore(saved_settings, saved_merged)
     host = host_overhead()
     print("host", json.dumps(host), flush=True)
     try:

@@ -2,6 +2,7 @@
 
     pip install --target /some/dir triton==3.6.0      # the device machine's Triton, for its ptxas
     PYTHONPATH=/some/dir:src python benchmarks/sass_counts.py [--maxnreg 168] [--inline-delta]
+        [--block 128 --warps 8 --qsub 64 --ksub 64] [--atomic-dq] [--only bwd]   (--maxnreg 0: no cap)
 
 Compiles ``fwd_kernel`` and ``bwd_kernel`` for sm_90 (64-row tiles, head dim 64, bf16, 4 warps,
 ``--stages`` software-pipeline stages (default 2), the delta pre-pass unless ``--inline-delta``) with the argument specializations a real launch gets (pointers and ints
@@ -38,13 +39,14 @@ INT_TABLES = {"qdesc", "qpos", "kdesc", "kpos", "fvis", "fptr", "fsplit", "bvis"
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-def compile_sm90(fn, consts: dict, warps: int, stages: int, maxnreg: int | None):
+def compile_sm90(fn, consts: dict, warps: int, stages: int, maxnreg: int | None, fp32_dq: bool = False):
     if any(p.name == "U" for p in fn.params):  # kernels before the mask bank: two predicate terms
         consts = {**consts, "U": 2}
     sig = {}
     for p in fn.params:
         name = p.name
-        sig[name] = ("constexpr" if name in consts else "*bf16" if name in BF16 else "*fp32" if name in F32
+        f32 = F32 | {"DQ"} if fp32_dq else F32
+        sig[name] = ("constexpr" if name in consts else "*fp32" if name in f32 else "*bf16" if name in BF16
                      else "*i8" if name == "masks" else "*i32" if name in INT_TABLES
                      else "fp32" if name in ("qk_scale", "scale") else "i32")
     attrs = {(i,): [["tt.divisibility", 16]] for i, ty in enumerate(sig.values()) if ty not in ("constexpr", "fp32")}
@@ -84,12 +86,27 @@ def main() -> None:
     ap.add_argument("--maxnreg", type=int, default=168)
     ap.add_argument("--inline-delta", action="store_true")
     ap.add_argument("--stages", type=int, default=2)
-    ap.add_argument("--qsub", type=int, default=32, help="query rows per dK/dV step (64: whole tiles)")
+    ap.add_argument("--qsub", type=int, default=32, help="query rows per dK/dV step (the tile: whole tiles)")
+    ap.add_argument("--ksub", type=int, default=None, help="key rows per dQ step (default: whole tiles)")
+    ap.add_argument("--block", type=int, default=64, help="tile rows")
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--atomic-dq", action="store_true", help="dQ added by the dK/dV programs (float32 atomics)")
+    ap.add_argument("--only", choices=("fwd", "bwd"), default=None)
     args = ap.parse_args()
-    base = {"BLOCK": 64, "D": 64, "DV": 64, "BD": 64, "BDV": 64}
-    report("fwd_kernel", compile_sm90(K.fwd_kernel, base, 4, args.stages, args.maxnreg))
-    report("bwd_kernel", compile_sm90(K.bwd_kernel, {**base, "INLINE_DELTA": args.inline_delta, "QSUB": args.qsub}, 4, args.stages,
-                                               args.maxnreg))
+    if args.maxnreg == 0:
+        args.maxnreg = None
+    base = {"BLOCK": args.block, "D": 64, "DV": 64, "BD": 64, "BDV": 64}
+    if args.only != "bwd":
+        report("fwd_kernel", compile_sm90(K.fwd_kernel, base, args.warps, args.stages, args.maxnreg))
+    if args.only != "fwd":
+        consts = {**base, "INLINE_DELTA": args.inline_delta, "QSUB": args.qsub}
+        names = {p.name for p in K.bwd_kernel.params}
+        if "KSUB" in names:  # kernels since the dQ walk's key steps
+            consts["KSUB"] = args.ksub or args.block
+        if "ATOMIC_DQ" in names:
+            consts["ATOMIC_DQ"] = args.atomic_dq
+        report("bwd_kernel", compile_sm90(K.bwd_kernel, consts, args.warps, args.stages, args.maxnreg,
+                                          fp32_dq=args.atomic_dq))
 
 
 if __name__ == "__main__":

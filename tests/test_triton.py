@@ -137,15 +137,16 @@ def test_every_visit_kind():
         assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
 
 
-@pytest.mark.parametrize("block,qsub", [(32, 16), (64, 32), (128, 64), (128, 32)])
-def test_dkdv_walk_in_query_steps(monkeypatch, block, qsub):
-    """The dK/dV walk in steps of part of a query tile (BWD_QSUB), over every visit kind: rows from
-    the middle of contiguous, strided and gathered tiles, and mask columns from inside a bit word
-    (64-row tiles) or from the second word (128-row tiles)."""
+@pytest.mark.parametrize("block,qsub,ksub", [(32, 16, 32), (64, 32, 16), (128, 64, 64), (128, 32, 64)])
+def test_backward_walks_in_steps(monkeypatch, block, qsub, ksub):
+    """The dK/dV walk in steps of part of a query tile and the dQ walk in steps of part of a key
+    tile (BWD_STEPS), over every visit kind: rows from the middle of contiguous, strided and
+    gathered tiles, and mask columns from inside a bit word (64-row tiles) or from the second word
+    (128-row tiles)."""
     from sparse_transformer import kernels
 
-    monkeypatch.setitem(TA.BWD_QSUB, block, qsub)
-    monkeypatch.setattr(TA, "LONG_WALK", 10**6)  # steps apply to short walks
+    monkeypatch.setitem(TA.BWD_STEPS, (block, False), (qsub, ksub))
+    monkeypatch.setattr(TA, "LONG_WALK", 10**6)  # these plans count as short walks
     monkeypatch.setitem(kernels.PLAN_BLOCK, "triton", block)
     n = 300
     heads = [P.strided(16), P.local(100), P.union(*P.factorized("fixed", 96, 24)), P.strided(7)]
@@ -158,10 +159,29 @@ def test_long_walk_forward_on_its_own_tiles(monkeypatch):
     the backward reads the forward's output and log-sum-exp by position, whatever the tiling."""
     monkeypatch.setattr(TA, "LONG_WALK", 1)
     monkeypatch.setitem(TA.FWD_BLOCK_LONG, 16, 32)
+    monkeypatch.delitem(TA.BWD_BLOCK_LONG, 16, raising=False)
     pattern = P.union(*P.factorized("fixed", 32, 8))
     tabs = TA.kernel_tables([pattern.plan(130, 16, DEVICE)], DEVICE)
     assert tabs.long_walk and tabs.fwd_tables.block == 32 and tabs.fwd_tables.fwd_tables is tabs.fwd_tables
+    assert tabs.bwd_tables is tabs
     q, k, v = qkv(1, 2, 130, 32, torch.float32, seed=13)
+    with _Block16():
+        assert_close_to_reference(q, k, v, pattern, "triton", atol=FP32_ATOL)
+
+
+@pytest.mark.parametrize("fwd_block,bwd_block", [(32, 32), (16, 32), (32, 64)])
+def test_long_walk_backward_on_its_own_tiles(monkeypatch, fwd_block, bwd_block):
+    """Long-walk plans run the backward on BWD_BLOCK_LONG's tiles (the forward's tables when the
+    sizes agree), with its steps (BWD_STEPS of the long walk) and slots of those tables."""
+    monkeypatch.setattr(TA, "LONG_WALK", 1)
+    monkeypatch.setitem(TA.FWD_BLOCK_LONG, 16, fwd_block)
+    monkeypatch.setitem(TA.BWD_BLOCK_LONG, 16, bwd_block)
+    monkeypatch.setitem(TA.BWD_STEPS, (bwd_block, True), (bwd_block // 2, bwd_block // 2))
+    pattern = P.union(*P.factorized("fixed", 32, 8))
+    tabs = TA.kernel_tables([pattern.plan(130, 16, DEVICE)], DEVICE)
+    assert tabs.bwd_tables.block == bwd_block
+    assert (tabs.bwd_tables is tabs.fwd_tables) == (fwd_block == bwd_block)
+    q, k, v = qkv(1, 2, 130, 32, torch.float32, seed=15)
     with _Block16():
         assert_close_to_reference(q, k, v, pattern, "triton", atol=FP32_ATOL)
 
@@ -427,3 +447,15 @@ def test_gpu_direct_launch_same_results():
     print(stats)
     if stats["direct_ok"]:
         assert stats["fwd_kernel"]["direct"] >= 1 and stats["bwd_kernel"]["direct"] >= 1
+
+
+@pytest.mark.parametrize("atomic", [False, True])
+def test_long_walk_backward_atomic_dq(monkeypatch, atomic):
+    """Long walks with ATOMIC_DQ_LONG: the dK/dV programs add dQ (float32 atomics), no dQ programs
+    run; two-segment heads too (their dQ needs no slots then)."""
+    monkeypatch.setattr(TA, "LONG_WALK", 1)
+    monkeypatch.setattr(TA, "ATOMIC_DQ_LONG", atomic)
+    heads = [P.union(*P.factorized("fixed", 32, 8)), P.union(*P.factorized("strided", 16))]
+    q, k, v = qkv(1, 2, 97, 32, torch.float32, seed=16)
+    with _Block16():
+        assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)

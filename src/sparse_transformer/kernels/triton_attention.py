@@ -85,12 +85,24 @@ CONFIGS: dict[tuple[str, int], tuple[int, int, int]] = {
 # tiles (8 warps): 128 fits two programs (fixed pattern at N=65,536: 2.8 ms against 4.4 at 168,
 # one program). Wider head dims keep the default (not measured).
 MAXNREG: dict[tuple[str, int], int | None] = {("fwd", 64): 128, ("bwd", 64): 168, ("fwd", 128): 128}
-# Query rows per step of the dK/dV walk of short-walk plans, per tile size (absent: the whole tile).
-# A key tile's program holds K, V and the dK, dV accumulators for its whole walk; half-tile steps
-# halve the (keys, queries) score and dS tiles, so the walk fits the register cap above without
-# spills: strided pair at N=16,384, backward 0.098 vs 0.107 ms. Long walks step whole tiles (fixed
-# pattern at N=65,536: 8.69 ms whole, 9.18 in halves; kernel sweep run 5).
-BWD_QSUB: dict[int, int] = {64: 32}
+# Rows per step of the backward's two walks, per (tile size, long walk): (query rows per step of a
+# key tile's dK/dV walk, key rows per step of a query tile's dQ walk); absent: whole tiles. A
+# program holds its own tile's rows and accumulators for its whole walk; smaller steps shrink the
+# score and dS tiles of each step, so the walk fits the register cap without spills. Short walks
+# at 64-row tiles: dK/dV in half tiles (strided pair at N=16,384, backward 0.098 vs 0.107 ms; long
+# walks at 64 rows measured faster whole: fixed pattern at N=65,536, 8.69 vs 9.18 ms; kernel
+# sweep runs 5-7). 128-row tiles (8 warps) step 64 rows in both walks: each warpgroup's step is
+# then the 64-row tile's.
+BWD_STEPS: dict[tuple[int, bool], tuple[int, int]] = {(64, False): (32, 64), (128, True): (64, 64),
+                                                      (128, False): (64, 64)}
+# Backward tile size for long-walk plans, per plan tile size (absent: the plan's). As the forward
+# (FWD_BLOCK_LONG), the backward reads O and the log-sum-exp by position, so it can run on tables
+# of its own tile size.
+BWD_BLOCK_LONG: dict[int, int] = {}
+# Long-walk backwards: the dK/dV programs also add each step's dQ share into a float32 buffer
+# (atomic adds), and no dQ program walks the visits again: 5 matrix products per pair instead of 7,
+# for 4 bytes of atomic traffic per pair (per 64 keys of a tile).
+ATOMIC_DQ_LONG = False
 # Forward tile size for long-walk plans (the fixed pattern's summary columns), per backward tile
 # size: the forward keeps only O and the softmax state per query row, so 128-row tiles (8 warps, two
 # warpgroups) fit where the backward's do not, and halve the key-tile loads per query row. The
@@ -363,6 +375,18 @@ class KernelTables:
         return kernel_tables([p.pattern.plan(self.n, fb, device) for p in self.plans], device)
 
     @functools.cached_property
+    def bwd_tables(self) -> KernelTables:
+        """The tables the backward runs on: these, or for long walks the same patterns' plans at
+        ``BWD_BLOCK_LONG[block]`` (built on first use; the forward's when the tile sizes agree)."""
+        bb = BWD_BLOCK_LONG.get(self.block) if self.long_walk else None
+        if not bb or bb == self.block or any(p.pattern is None for p in self.plans):
+            return self
+        if self.fwd_tables.block == bb:
+            return self.fwd_tables
+        device = self.qdesc.device
+        return kernel_tables([p.pattern.plan(self.n, bb, device) for p in self.plans], device)
+
+    @functools.cached_property
     def fwd_static(self) -> tuple:
         """The forward kernel's table arguments (one tuple object: launchers key it once)."""
         return (self.qdesc, self.qpos, self.kpos, self.fvis, self.fptr, self.fsplit, self.masks, self.fwd_items)
@@ -371,6 +395,12 @@ class KernelTables:
     def bwd_static(self) -> tuple:
         return (self.qdesc, self.qpos, self.kdesc, self.kpos, self.fvis, self.fptr, self.fsplit,
                 self.bvis, self.bptr, self.bsplit, self.masks, self.bwd_items)
+
+    @functools.cached_property
+    def bwd_static_atomic(self) -> tuple:
+        """As :attr:`bwd_static`, the work list holding the dK/dV programs only (atomic dQ)."""
+        items = self.bwd_items[self.bwd_items[:, 2] == 0].contiguous()
+        return (*self.bwd_static[:-1], items)
 
 
 def _combine(plans: list[BlockPlan], device) -> KernelTables:
@@ -734,11 +764,12 @@ def launch_stats() -> dict:
     return {"direct_ok": bool(st.get("ok")) and DIRECT_LAUNCH, "reason": st.get("reason", ""), **_K.stats()}
 
 
-def _config(kind: str, tabs: KernelTables, head_dim: int) -> tuple[int, int, int | None]:
-    """(num_warps, num_stages, maxnreg) for a kernel over these tables."""
+def _config(kind: str, tabs: KernelTables, head_dim: int, long_walk: bool) -> tuple[int, int, int | None]:
+    """(num_warps, num_stages, maxnreg) for a kernel over these tables (``long_walk``: of the plans'
+    own tables, which the derived tables of another tile size keep)."""
     warps, long_stages, short_stages = CONFIGS.get((kind, tabs.block), (4, 2, 1))
     cap = MAXNREG.get((kind, tabs.block)) if head_dim <= 64 else None
-    return warps, long_stages if tabs.long_walk else short_stages, cap
+    return warps, long_stages if long_walk else short_stages, cap
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
@@ -762,7 +793,7 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
         lse_s = torch.empty(bsz, h, rows, device=q.device, dtype=torch.float32)
     else:
         o_s, lse_s = o, lse  # never written (no slot tiles)
-    warps, stages, maxnreg = _config("fwd", tabs, max(d, dv))
+    warps, stages, maxnreg = _config("fwd", tabs, max(d, dv), tabs.long_walk)
     grid = (tabs.fwd_items.shape[0], bsz)
     kern.fwd_kernel(
         grid,
@@ -783,14 +814,17 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
 
 
 def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
+    """dQ, dK, dV for the plans' tables ``tabs`` (run on ``tabs.bwd_tables``)."""
     kern = _kernels()
     bsz, h, n, d = q.shape
     dv = v.shape[-1]
+    long_walk = tabs.long_walk
+    tabs = tabs.bwd_tables
     blk = tabs.block
     # Short walks (each query tile visited by few key tiles): rowsum(dO * O) is computed inside the
     # backward programs, one launch less. Long walks (the fixed pattern's summary columns) would
     # recompute it for every visit, so they keep the pre-pass.
-    inline_delta = INLINE_DELTA and not tabs.long_walk and bsz * h * n < INLINE_DELTA_MAX_ROWS
+    inline_delta = INLINE_DELTA and not long_walk and bsz * h * n < INLINE_DELTA_MAX_ROWS
     if inline_delta:
         delta = lse  # not read
     else:
@@ -798,13 +832,17 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         kern.delta_kernel(
             (triton_cdiv(n, 128), bsz * h), (o, do, delta, h, n, *_strides3(do)), (128, dv, _pow2(dv)), 4, 3,
         )
-    dq = torch.empty(bsz, h, n, d, device=q.device, dtype=q.dtype)
+    atomic_dq = ATOMIC_DQ_LONG and long_walk
+    if atomic_dq:
+        dq = torch.zeros(bsz, h, n, d, device=q.device, dtype=torch.float32)
+    else:
+        dq = torch.empty(bsz, h, n, d, device=q.device, dtype=q.dtype)
     alloc = torch.zeros if tabs.zero_dkv else torch.empty
     dk = alloc(bsz, h, n, d, device=q.device, dtype=k.dtype)
     dvv = alloc(bsz, h, n, dv, device=q.device, dtype=v.dtype)
     qrows = max(tabs.n_qslots, 1) * blk
     krows = max(tabs.n_kslots, 1) * blk
-    dq_s = torch.empty(bsz, h, qrows, d, device=q.device, dtype=torch.float32) if tabs.n_qslots else dq
+    dq_s = torch.empty(bsz, h, qrows, d, device=q.device, dtype=torch.float32) if tabs.n_qslots and not atomic_dq else dq
     if tabs.n_kslots:
         dk_s = torch.empty(bsz, h, krows, d, device=q.device, dtype=torch.float32)
         dv_s = torch.empty(bsz, h, krows, dv, device=q.device, dtype=torch.float32)
@@ -813,15 +851,19 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     args = (q, k, v, do, o, dq, dk, dvv, lse, delta, dq_s, dk_s, dv_s,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do),
             h, n, qrows, krows, scale, scale * LOG2E)
-    consts = (blk, d, dv, _pow2(d), _pow2(dv), inline_delta,  # BLOCK D DV BD BDV INLINE_DELTA QSUB
-              blk if tabs.long_walk else BWD_QSUB.get(blk, blk))
-    warps, stages, maxnreg = _config("bwd", tabs, max(d, dv))
-    kern.bwd_kernel((tabs.bwd_items.shape[0], bsz), args, consts, warps, stages, maxnreg, tabs.bwd_static)
-    for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
-        kern.add_slots_kernel(
-            (items.shape[0], bsz), (dq, dq_s, dq, dq_s, h, n, qrows, tabs.qdesc, tabs.qpos, items),
-            (blk, d, _pow2(d), d, _pow2(d), False), 4, 3,
-        )
+    qsub, ksub = BWD_STEPS.get((blk, long_walk), (blk, blk))
+    consts = (blk, d, dv, _pow2(d), _pow2(dv), inline_delta, qsub, ksub, atomic_dq)  # ... QSUB KSUB ATOMIC_DQ
+    warps, stages, maxnreg = _config("bwd", tabs, max(d, dv), long_walk)
+    static = tabs.bwd_static_atomic if atomic_dq else tabs.bwd_static
+    kern.bwd_kernel((static[-1].shape[0], bsz), args, consts, warps, stages, maxnreg, static)
+    if atomic_dq:
+        dq = dq.to(q.dtype)  # every segment added into the same float32 rows: no dQ slots
+    else:
+        for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
+            kern.add_slots_kernel(
+                (items.shape[0], bsz), (dq, dq_s, dq, dq_s, h, n, qrows, tabs.qdesc, tabs.qpos, items),
+                (blk, d, _pow2(d), d, _pow2(d), False), 4, 3,
+            )
     for items in tabs.k_round_items:
         kern.add_slots_kernel(
             (items.shape[0], bsz), (dk, dk_s, dvv, dv_s, h, n, krows, tabs.kdesc, tabs.kpos, items),

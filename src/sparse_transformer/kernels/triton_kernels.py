@@ -313,14 +313,22 @@ def _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv,
 
 
 @triton.jit
-def _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, MASKED: tl.constexpr):
-    """One visit of a key tile's walk: accumulate dK (unscaled) and dV, in (keys, queries) layout."""
+def _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, MASKED: tl.constexpr,
+               dqa, qi, od, scale, D: tl.constexpr, ATOMIC_DQ: tl.constexpr):
+    """One visit of a key tile's walk: accumulate dK (unscaled) and dV, in (keys, queries) layout.
+    ATOMIC_DQ: also add this step's share of dQ (scaled, float32) into ``dqa`` rows ``qi``, so no
+    dQ program recomputes the scores (5 matrix products per pair instead of 7)."""
     pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
     if MASKED:
         pT = tl.where(ok, pT, 0.0)
     dv += tl.dot(pT.to(do.dtype), do)
     dsT = pT * (tl.dot(v, tl.trans(do)) - dl[None, :])
-    dk += tl.dot(dsT.to(q.dtype), q)
+    ds16 = dsT.to(q.dtype)
+    dk += tl.dot(ds16, q)
+    if ATOMIC_DQ:
+        dq = tl.dot(tl.trans(ds16), k) * scale
+        tl.atomic_add(dqa + qi.to(tl.int64)[:, None] * D + od[None, :], dq,
+                      mask=(qi >= 0)[:, None] & (od < D)[None, :], sem="relaxed")
     return dk, dv
 
 
@@ -337,17 +345,18 @@ def _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, MASKED: tl.constexpr):
 
 @triton.jit
 def _bwd_dkdv(
-    Q, K, V, DO, O, DK, DV_, LSE, DELTA, DKS, DVS,
+    Q, K, V, DO, O, DQ, DK, DV_, LSE, DELTA, DKS, DVS,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
     b, h, bh, N, KROWS, kt,
     qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     """dK, dV of key tile ``kt``: walk the query tiles that see it (transposed visit list; fast,
     masked, gathered visits as in the forward). INLINE_DELTA: rowsum(dO * O) of each visited query
-    tile computed here (short walks) instead of read from the ``delta_kernel`` pre-pass."""
+    tile computed here (short walks) instead of read from the ``delta_kernel`` pre-pass.
+    ATOMIC_DQ: dQ added here too, into the float32 rows of DQ (no dQ programs run)."""
     offs = tl.arange(0, BLOCK)
     od = tl.arange(0, BD)
     odv = tl.arange(0, BDV)
@@ -359,6 +368,7 @@ def _bwd_dkdv(
     lb = LSE + bh * N
     db = DELTA + bh * N
     ob = O + bh * N * DV
+    dqa = DQ + bh * N * D
     dk = tl.zeros([BLOCK, BD], tl.float32)
     dv = tl.zeros([BLOCK, BDV], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(bptr, bsplit, kt)
@@ -370,33 +380,34 @@ def _bwd_dkdv(
         c0 = (i % NSUB) * QSUB
         qi = _visit_rows_contig(bvis, e, c0, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
-        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, 0, qk_scale, False)
+        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, 0, qk_scale, False, dqa, qi, od, scale, D, ATOMIC_DQ)
     for i in range(e_c * NSUB, ef * NSUB):
         e = i // NSUB
         c0 = (i % NSUB) * QSUB
         qi = _visit_rows_ap(bvis, e, c0, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
-        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, 0, qk_scale, False)
+        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, 0, qk_scale, False, dqa, qi, od, scale, D, ATOMIC_DQ)
     for i in range(ef * NSUB, ec * NSUB):
         e = i // NSUB
         c0 = (i % NSUB) * QSUB
         qi = _visit_rows_ap(bvis, e, c0, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
-        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, _causal(qi, kj, True), qk_scale, True)
+        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, _causal(qi, kj, True), qk_scale, True, dqa, qi, od,
+                            scale, D, ATOMIC_DQ)
     for i in range(ec * NSUB, em * NSUB):
         e = i // NSUB
         c0 = (i % NSUB) * QSUB
         qi = _visit_rows_ap(bvis, e, c0, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, False, INLINE_DELTA)
         ok = _mask_bits(masks, tl.load(bvis + e * 6 + 1), c0, BLOCK, True, QSUB)
-        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True)
+        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True, dqa, qi, od, scale, D, ATOMIC_DQ)
     for i in range(em * NSUB, e1 * NSUB):
         e = i // NSUB
         c0 = (i % NSUB) * QSUB
         qi = _visit_rows(bvis, qpos, e, c0, BLOCK, QSUB)
         q, do, lse, dl = _query_side(qb, dob, ob, lb, db, qi, sqn, sdn, od, odv, D, DV, BD, BDV, True, INLINE_DELTA)
         ok = _allowed(masks, tl.load(bvis + e * 6 + 1), qi, kj, c0, BLOCK, True, QSUB)
-        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True)
+        dk, dv = _dkdv_step(k, v, q, do, lse, dl, dk, dv, ok, qk_scale, True, dqa, qi, od, scale, D, ATOMIC_DQ)
     dk = dk * scale
     valid = kj >= 0
     slot = tl.load(kdesc + kt * 5 + 4)
@@ -422,9 +433,10 @@ def _bwd_dq(
     qdesc, qpos, kpos, fvis, fptr, fsplit, masks,
     scale, qk_scale,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, KSUB: tl.constexpr,
 ):
-    """dQ of query tile ``t``: walk its visit list again."""
+    """dQ of query tile ``t``: walk its visit list again, each visited key tile in steps of KSUB
+    rows (as the dK/dV walk's query steps)."""
     offs = tl.arange(0, BLOCK)
     od = tl.arange(0, BD)
     odv = tl.arange(0, BDV)
@@ -436,27 +448,36 @@ def _bwd_dq(
     vb = V + b * svb + h * svh
     dq = tl.zeros([BLOCK, BD], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(fptr, fsplit, t)
-    for e in range(e0, e_c):
-        kj = _visit_rows_contig(fvis, e, 0, BLOCK)
+    # Step i: visit i // NSUB, its key rows c0 .. c0+KSUB-1.
+    NSUB: tl.constexpr = BLOCK // KSUB
+    for i in range(e0 * NSUB, e_c * NSUB):
+        e = i // NSUB
+        kj = _visit_rows_contig(fvis, e, (i % NSUB) * KSUB, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, 0, qk_scale, False)
-    for e in range(e_c, ef):
-        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
+    for i in range(e_c * NSUB, ef * NSUB):
+        e = i // NSUB
+        kj = _visit_rows_ap(fvis, e, (i % NSUB) * KSUB, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, 0, qk_scale, False)
-    for e in range(ef, ec):
-        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
+    for i in range(ef * NSUB, ec * NSUB):
+        e = i // NSUB
+        kj = _visit_rows_ap(fvis, e, (i % NSUB) * KSUB, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         dq = _dq_step(q, do, k, v, lse, dl, dq, _causal(qi, kj, False), qk_scale, True)
-    for e in range(ec, em):
-        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
+    for i in range(ec * NSUB, em * NSUB):
+        e = i // NSUB
+        c0 = (i % NSUB) * KSUB
+        kj = _visit_rows_ap(fvis, e, c0, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
-        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), 0, BLOCK, False, BLOCK)
+        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), c0, BLOCK, False, KSUB)
         dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
-    for e in range(em, e1):
-        kj = _visit_rows(fvis, kpos, e, 0, BLOCK, BLOCK)
+    for i in range(em * NSUB, e1 * NSUB):
+        e = i // NSUB
+        c0 = (i % NSUB) * KSUB
+        kj = _visit_rows(fvis, kpos, e, c0, BLOCK, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, True)
-        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, 0, BLOCK, False, BLOCK)
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, c0, BLOCK, False, KSUB)
         dq = _dq_step(q, do, k, v, lse, dl, dq, ok, qk_scale, True)
     dq = dq * scale
     slot = tl.load(qdesc + t * 5 + 4)
@@ -477,11 +498,12 @@ def bwd_kernel(
     H, N, QROWS, KROWS, scale, qk_scale,
     qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KSUB: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     """One launch: item kind 0 computes a key tile's dK, dV (walking its query tiles in steps of
-    QSUB rows); kind 1 a query tile's dQ. O is the forward output (contiguous); with INLINE_DELTA,
-    DELTA is not read (no pre-pass ran)."""
+    QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows). O is the forward
+    output (contiguous); with INLINE_DELTA, DELTA is not read (no pre-pass ran). With ATOMIC_DQ
+    the work list holds only kind 0 and DQ is a zeroed float32 buffer the dK/dV programs add to."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.load(items + 3 * pid).to(tl.int64)
@@ -490,11 +512,11 @@ def bwd_kernel(
     bh = b * H + h
     if kind == 0:
         _bwd_dkdv(
-            Q, K, V, DO, O, DK, DV_, LSE, DELTA, DKS, DVS,
+            Q, K, V, DO, O, DQ, DK, DV_, LSE, DELTA, DKS, DVS,
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, KROWS, tile,
             qpos, kdesc, kpos, bvis, bptr, bsplit, masks,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB, ATOMIC_DQ,
         )
     else:
         _bwd_dq(
@@ -502,7 +524,7 @@ def bwd_kernel(
             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
             b, h, bh, N, QROWS, tile,
             qdesc, qpos, kpos, fvis, fptr, fsplit, masks,
-            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA,
+            scale, qk_scale, BLOCK, D, DV, BD, BDV, INLINE_DELTA, KSUB,
         )
 
 

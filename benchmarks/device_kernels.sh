@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One device call for the attention kernels (issue 4): each part under its own timeout, its log and
+# JSON under $OUT, a short summary printed last.
+#
+#   bash benchmarks/device_kernels.sh sweep     # kernel_sweep.py (every variant), checks of the
+#                                               #   non-default long-walk settings, attention.py
+#                                               #   (triton, sdpa, sdpa-cudnn, with graphs)
+#   bash benchmarks/device_kernels.sh final     # gpu_check.py (defaults), attention.py (every
+#                                               #   method, with graphs), GPU pytest of the kernels
+set -u
+WHAT=${1:?usage: device_kernels.sh sweep|final}
+OUT=${OUT:-/tmp/device-out}
+mkdir -p "$OUT"
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+PY=${PY:-python3}
+T0=$(date +%s)
+
+part() {  # part NAME SECONDS CMD...: the command's output goes to $OUT/NAME.log
+  local name=$1 secs=$2
+  shift 2
+  echo "=== $name (limit ${secs}s, at +$(( $(date +%s) - T0 ))s)"
+  timeout -k 10 "$secs" "$@" >"$OUT/$name.log" 2>&1
+  echo "=== $name: rc=$? after +$(( $(date +%s) - T0 ))s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1
+$PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+case $WHAT in
+  sweep)
+    part sweep "${SWEEP_LIMIT:-330}" $PY benchmarks/kernel_sweep.py \
+      --cases fixed:16384 fixed:65536 strided:16384 strided:65536 --out "$OUT/kernel-sweep.json"
+    part check-atomic 70 $PY benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
+      --set ATOMIC_DQ_LONG=True --out "$OUT/check-atomic"
+    part check-bwd128 70 $PY benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
+      --set 'BWD_BLOCK_LONG={64: 128}' --out "$OUT/check-bwd128"
+    part check-bwd128-atomic 70 $PY benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
+      --set 'BWD_BLOCK_LONG={64: 128}' --set ATOMIC_DQ_LONG=True --out "$OUT/check-bwd128-atomic"
+    part attention "${ATTN_LIMIT:-170}" $PY benchmarks/attention.py --device cuda \
+      --methods triton sdpa sdpa-cudnn --graph --out "$OUT/attention.json"
+    grep -A40 "^case " "$OUT/sweep.log" | head -40
+    for c in check-atomic check-bwd128 check-bwd128-atomic; do grep "^CHECK" "$OUT/$c.log"; done
+    grep "^|" "$OUT/attention.log"
+    ;;
+  final)
+    part check 90 $PY benchmarks/gpu_check.py --no-sweep --sizes 4096 --out "$OUT/check"
+    part attention "${ATTN_LIMIT:-330}" $PY benchmarks/attention.py --device cuda --graph \
+      --out "$OUT/attention.json"
+    part pytest "${TEST_LIMIT:-150}" $PY -m pytest -q tests/test_triton.py tests/test_attention.py tests/test_flex.py
+    grep "^CHECK" "$OUT/check.log"
+    grep "^|" "$OUT/attention.log"
+    tail -3 "$OUT/pytest.log"
+    ;;
+  *) echo "unknown part $WHAT: sweep or final" >&2; exit 2 ;;
+esac
+echo "total +$(( $(date +%s) - T0 ))s"
+# At most 8 files come back from the device: everything in one archive.
+(cd "$OUT" && tar czf results.tgz --exclude results.tgz . && find . -type f ! -name results.tgz -delete \
+  && find . -mindepth 1 -type d -empty -delete)
