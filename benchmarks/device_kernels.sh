@@ -2,13 +2,14 @@
 # One device call for the attention kernels (issue 4): each part under its own timeout, its log and
 # JSON under $OUT, a short summary printed last.
 #
-#   bash benchmarks/device_kernels.sh sweep     # kernel_sweep.py (every variant), checks of the
-#                                               #   non-default long-walk settings, attention.py
-#                                               #   (triton, sdpa, sdpa-cudnn, with graphs)
+#   bash benchmarks/device_kernels.sh sweep     # kernel_sweep.py (every variant)
+#   bash benchmarks/device_kernels.sh explore   # the sweep, checks of non-default long-walk
+#                                               #   settings, attention.py (triton, sdpa, sdpa-cudnn,
+#                                               #   with graphs)
 #   bash benchmarks/device_kernels.sh final     # gpu_check.py (defaults), attention.py (every
 #                                               #   method, with graphs), GPU pytest of the kernels
 set -u
-WHAT=${1:?usage: device_kernels.sh sweep|final}
+WHAT=${1:?usage: device_kernels.sh sweep|explore|final}
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -28,6 +29,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 case $WHAT in
   sweep)
+    part sweep "${SWEEP_LIMIT:-330}" $PY benchmarks/kernel_sweep.py \
+      --cases fixed:16384 fixed:65536 strided:16384 strided:65536 --out "$OUT/kernel-sweep.json"
+    grep -A40 "^case " "$OUT/sweep.log" | head -40
+    ;;
+  explore)
     part sweep "${SWEEP_LIMIT:-330}" $PY benchmarks/kernel_sweep.py \
       --cases fixed:16384 fixed:65536 strided:16384 strided:65536 --out "$OUT/kernel-sweep.json"
     part check-atomic 70 $PY benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
@@ -51,9 +57,9 @@ case $WHAT in
     grep "^|" "$OUT/attention.log"
     tail -3 "$OUT/pytest.log"
     ;;
-  *) echo "unknown part $WHAT: sweep or final" >&2; exit 2 ;;
+  *) echo "unknown part $WHAT: sweep, explore or final" >&2; exit 2 ;;
 esac
 echo "total +$(( $(date +%s) - T0 ))s"
 # At most 8 files come back from the device: everything in one archive.
-(cd "$OUT" && tar czf results.tgz --exclude results.tgz . && find . -type f ! -name results.tgz -delete \
+(cd "$OUT" && tar czf /tmp/results.tgz . && mv /tmp/results.tgz . && find . -type f ! -name results.tgz -delete \
   && find . -mindepth 1 -type d -empty -delete)

@@ -39,23 +39,27 @@ from sparse_transformer.kernels import triton_attention as TA
 # the reference (the defaults). Long-walk forwards run on FWD_BLOCK_LONG's tile (its own CONFIGS).
 SHORT = [
     (64, (4, 1, 128), (4, 1, 168), {}),  # the default
-    (64, (4, 1, 128), (4, 1, 168), {"BWD_STEPS": {(64, False): (32, 32)}}),  # dQ walk in half tiles too
-    (128, (8, 1, 128), (8, 1, None), {}),  # 128-row tiles, 8 warps (backward steps of 64 rows)
+    # Smaller key steps in the forward: fewer registers, five programs per multiprocessor at 96.
+    (64, (4, 1, 96), (4, 1, 168), {"FWD_STEPS": {(64, False): 32}}),
+    (64, (4, 1, 96), (4, 1, 168), {"FWD_STEPS": {(64, False): 16}}),
+    (64, (4, 2, 128), (4, 1, 168), {"FWD_STEPS": {(64, False): 32}}),
+    # Smaller steps in both backward walks: four programs per multiprocessor at 128, no spills.
+    (64, (4, 1, 128), (4, 1, 128), {"BWD_STEPS": {(64, False): (16, 32)}}),
+    (64, (4, 1, 128), (4, 1, 128), {"BWD_STEPS": {(64, False): (16, 16)}}),
+    (64, (4, 1, 128), (4, 2, 128), {"BWD_STEPS": {(64, False): (16, 32)}}),
+    (64, (4, 1, 128), (4, 1, 128), {"BWD_STEPS": {(64, False): (32, 32)}}),
 ]
-_BWD128 = {"BWD_BLOCK_LONG": {64: 128}, "MAXNREG": {("bwd", 128): None}}
 LONG = [
     (64, (4, 3, 168), (4, 2, 168), {}),  # the default
-    (64, (4, 3, 168), (4, 2, 168), {"ATOMIC_DQ_LONG": True}),  # dK/dV programs add dQ (atomics)
-    (64, (4, 3, 168), (4, 1, 168), {}),  # one stage: no spills in the backward (sass_counts.py)
-    (64, (4, 3, 168), (4, 2, 168), {**_BWD128, "CONFIGS": {("bwd", 128): (8, 2, 1)}}),  # 128-row backward
-    (64, (4, 3, 168), (4, 2, 168), {**_BWD128, "CONFIGS": {("bwd", 128): (8, 1, 1)}}),
-    (64, (4, 3, 168), (4, 2, 168), {**_BWD128, "CONFIGS": {("bwd", 128): (8, 2, 1)}, "ATOMIC_DQ_LONG": True}),
-    (64, (4, 3, 168), (4, 2, 168), {**_BWD128, "CONFIGS": {("bwd", 128): (8, 1, 1)}, "ATOMIC_DQ_LONG": True}),
+    # Half steps in both backward walks: no spills under the cap (sass_counts.py).
+    (64, (4, 3, 168), (4, 2, 168), {"BWD_STEPS": {(64, True): (32, 32)}}),
+    (64, (4, 3, 168), (4, 3, 168), {"BWD_STEPS": {(64, True): (32, 32)}}),
+    (64, (4, 3, 168), (4, 2, 168), {"FWD_STEPS": {(128, True): 64}}),  # 128-row forward in key halves
 ]
 SETTINGS = ("FWD_BLOCK_LONG", "BWD_BLOCK_LONG", "ATOMIC_DQ_LONG", "SHORT_WALK_ORDER",
             "INLINE_DELTA_MAX_ROWS")  # set as a whole
 DEVICE = "cuda"  # the sweep runs on the GPU (tests of this script set "cpu" under the interpreter)
-MERGED = ("CONFIGS", "MAXNREG", "BWD_STEPS")  # a variant's entries are merged into these tables
+MERGED = ("CONFIGS", "MAXNREG", "BWD_STEPS", "FWD_STEPS")  # a variant's entries are merged into these tables
 
 
 def regs() -> dict:

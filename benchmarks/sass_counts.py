@@ -2,7 +2,7 @@
 
     pip install --target /some/dir triton==3.6.0      # the device machine's Triton, for its ptxas
     PYTHONPATH=/some/dir:src python benchmarks/sass_counts.py [--maxnreg 168] [--inline-delta]
-        [--block 128 --warps 8 --qsub 64 --ksub 64] [--atomic-dq] [--only bwd]   (--maxnreg 0: no cap)
+        [--block 128 --warps 8 --qsub 64 --ksub 64] [--fwd-ksub 32] [--atomic-dq] [--only bwd]   (--maxnreg 0: no cap)
 
 Compiles ``fwd_kernel`` and ``bwd_kernel`` for sm_90 (64-row tiles, head dim 64, bf16, 4 warps,
 ``--stages`` software-pipeline stages (default 2), the delta pre-pass unless ``--inline-delta``) with the argument specializations a real launch gets (pointers and ints
@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--qsub", type=int, default=32, help="query rows per dK/dV step (the tile: whole tiles)")
     ap.add_argument("--ksub", type=int, default=None, help="key rows per dQ step (default: whole tiles)")
+    ap.add_argument("--fwd-ksub", type=int, default=None, help="key rows per forward step (default: whole tiles)")
     ap.add_argument("--block", type=int, default=64, help="tile rows")
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--atomic-dq", action="store_true", help="dQ added by the dK/dV programs (float32 atomics)")
@@ -97,7 +98,10 @@ def main() -> None:
         args.maxnreg = None
     base = {"BLOCK": args.block, "D": 64, "DV": 64, "BD": 64, "BDV": 64}
     if args.only != "bwd":
-        report("fwd_kernel", compile_sm90(K.fwd_kernel, base, args.warps, args.stages, args.maxnreg))
+        fwd = dict(base)
+        if "KSUB" in {p.name for p in K.fwd_kernel.params}:  # kernels since the forward's key steps
+            fwd["KSUB"] = args.fwd_ksub or args.block
+        report("fwd_kernel", compile_sm90(K.fwd_kernel, fwd, args.warps, args.stages, args.maxnreg))
     if args.only != "fwd":
         consts = {**base, "INLINE_DELTA": args.inline_delta, "QSUB": args.qsub}
         names = {p.name for p in K.bwd_kernel.params}

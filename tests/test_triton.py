@@ -137,15 +137,17 @@ def test_every_visit_kind():
         assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
 
 
-@pytest.mark.parametrize("block,qsub,ksub", [(32, 16, 32), (64, 32, 16), (128, 64, 64), (128, 32, 64)])
-def test_backward_walks_in_steps(monkeypatch, block, qsub, ksub):
-    """The dK/dV walk in steps of part of a query tile and the dQ walk in steps of part of a key
-    tile (BWD_STEPS), over every visit kind: rows from the middle of contiguous, strided and
-    gathered tiles, and mask columns from inside a bit word (64-row tiles) or from the second word
-    (128-row tiles)."""
+@pytest.mark.parametrize("block,qsub,ksub,fsub", [(32, 16, 32, 16), (64, 32, 16, 32), (128, 64, 64, 128),
+                                                 (128, 32, 64, 64)])
+def test_walks_in_steps(monkeypatch, block, qsub, ksub, fsub):
+    """The dK/dV walk in steps of part of a query tile, the dQ walk and the forward in steps of part
+    of a key tile (BWD_STEPS, FWD_STEPS), over every visit kind: rows from the middle of contiguous,
+    strided and gathered tiles, and mask columns from inside a bit word (64-row tiles) or from the
+    second word (128-row tiles)."""
     from sparse_transformer import kernels
 
     monkeypatch.setitem(TA.BWD_STEPS, (block, False), (qsub, ksub))
+    monkeypatch.setitem(TA.FWD_STEPS, (block, False), fsub)
     monkeypatch.setattr(TA, "LONG_WALK", 10**6)  # these plans count as short walks
     monkeypatch.setitem(kernels.PLAN_BLOCK, "triton", block)
     n = 300

@@ -95,6 +95,9 @@ MAXNREG: dict[tuple[str, int], int | None] = {("fwd", 64): 128, ("bwd", 64): 168
 # then the 64-row tile's.
 BWD_STEPS: dict[tuple[int, bool], tuple[int, int]] = {(64, False): (32, 64), (128, True): (64, 64),
                                                       (128, False): (64, 64)}
+# Key rows per step of the forward's walk, per (tile size, long walk) (absent: whole tiles): as
+# the backward's steps, smaller score tiles per step, fewer registers.
+FWD_STEPS: dict[tuple[int, bool], int] = {}
 # Backward tile size for long-walk plans, per plan tile size (absent: the plan's). As the forward
 # (FWD_BLOCK_LONG), the backward reads O and the log-sum-exp by position, so it can run on tables
 # of its own tile size.
@@ -800,7 +803,7 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
         (q, k, v, o, lse, o_s, lse_s,
          *_strides3(q), *_strides3(k), *_strides3(v),
          h, n, rows, scale * LOG2E),
-        (blk, d, dv, _pow2(d), _pow2(dv)),  # BLOCK, D, DV, BD, BDV
+        (blk, d, dv, _pow2(d), _pow2(dv), FWD_STEPS.get((blk, tabs.long_walk), blk)),  # BLOCK D DV BD BDV KSUB
         warps, stages, maxnreg, tabs.fwd_static,
     )
     for items in tabs.q_round_items:

@@ -175,8 +175,10 @@ def fwd_kernel(
     H, N, SROWS, qk_scale,
     qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    KSUB: tl.constexpr,
 ):
-    """A query tile's output and log2-sum-exp: online softmax over its visit list."""
+    """A query tile's output and log2-sum-exp: online softmax over its visit list, each visited key
+    tile in steps of KSUB rows (KSUB = BLOCK: whole tiles)."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.load(items + 2 * pid).to(tl.int64)
@@ -193,31 +195,37 @@ def fwd_kernel(
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BDV], tl.float32)
     e0, e1, e_c, ef, ec, em = _walk_bounds(fptr, fsplit, t)
+    # Step i: visit i // NSUB, its key rows c0 .. c0+KSUB-1.
+    NSUB: tl.constexpr = BLOCK // KSUB
     # Fast visits: every pair allowed, tile rows an arithmetic progression: no mask, no gather.
     # Contiguous key tiles first (vector loads), then the other progressions.
-    for e in range(e0, e_c):
-        kj = _visit_rows_contig(fvis, e, 0, BLOCK)
+    for i in range(e0 * NSUB, e_c * NSUB):
+        kj = _visit_rows_contig(fvis, i // NSUB, (i % NSUB) * KSUB, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, 0, qk_scale, False)
-    for e in range(e_c, ef):
-        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
+    for i in range(e_c * NSUB, ef * NSUB):
+        kj = _visit_rows_ap(fvis, i // NSUB, (i % NSUB) * KSUB, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, 0, qk_scale, False)
     # Causal visits (the diagonal), then mask-tile visits: progressions under an element mask.
-    for e in range(ef, ec):
-        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
+    for i in range(ef * NSUB, ec * NSUB):
+        kj = _visit_rows_ap(fvis, i // NSUB, (i % NSUB) * KSUB, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, _causal(qi, kj, False), qk_scale, True)
-    for e in range(ec, em):
-        kj = _visit_rows_ap(fvis, e, 0, BLOCK)
+    for i in range(ec * NSUB, em * NSUB):
+        e = i // NSUB
+        c0 = (i % NSUB) * KSUB
+        kj = _visit_rows_ap(fvis, e, c0, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, False)
-        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), 0, BLOCK, False, BLOCK)
+        ok = _mask_bits(masks, tl.load(fvis + e * 6 + 1), c0, BLOCK, False, KSUB)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
     # Gathered visits (padding or position-table rows): the general path.
-    for e in range(em, e1):
-        kj = _visit_rows(fvis, kpos, e, 0, BLOCK, BLOCK)
+    for i in range(em * NSUB, e1 * NSUB):
+        e = i // NSUB
+        c0 = (i % NSUB) * KSUB
+        kj = _visit_rows(fvis, kpos, e, c0, BLOCK, KSUB)
         k, v = _kv_tile(kb, vb, kj, skn, svn, od, odv, D, DV, BD, BDV, True)
-        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, 0, BLOCK, False, BLOCK)
+        ok = _allowed(masks, tl.load(fvis + e * 6 + 1), qi, kj, c0, BLOCK, False, KSUB)
         m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
     l_ok = l_i > 0
     l_safe = tl.where(l_ok, l_i, 1.0)
