@@ -49,7 +49,7 @@ case $WHAT in
     grep "^|" "$OUT/attention.log"
     ;;
   final)
-    part check 90 $PY benchmarks/gpu_check.py --no-sweep --sizes 4096 --out "$OUT/check"
+    part check 120 $PY benchmarks/gpu_check.py --no-sweep --sizes 4096 --profile-host --out "$OUT/check"
     part attention "${ATTN_LIMIT:-330}" $PY benchmarks/attention.py --device cuda --graph \
       --out "$OUT/attention.json"
     part pytest "${TEST_LIMIT:-150}" $PY -m pytest -q tests/test_triton.py tests/test_attention.py tests/test_flex.py
