@@ -50,9 +50,9 @@ case $WHAT in
     ;;
   final)
     part check 120 $PY benchmarks/gpu_check.py --no-sweep --sizes 4096 --profile-host --out "$OUT/check"
-    part attention "${ATTN_LIMIT:-330}" $PY benchmarks/attention.py --device cuda --graph \
+    part attention "${ATTN_LIMIT:-360}" $PY benchmarks/attention.py --device cuda --graph \
       --out "$OUT/attention.json"
-    part pytest "${TEST_LIMIT:-150}" $PY -m pytest -q tests/test_triton.py tests/test_attention.py tests/test_flex.py
+    part pytest "${TEST_LIMIT:-300}" $PY -m pytest -q tests/test_triton.py tests/test_attention.py tests/test_flex.py
     grep "^CHECK" "$OUT/check.log"
     grep "^|" "$OUT/attention.log"
     tail -3 "$OUT/pytest.log"
