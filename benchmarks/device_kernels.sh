@@ -27,15 +27,18 @@ part() {  # part NAME SECONDS CMD...: the command's output goes to $OUT/NAME.log
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1
 $PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+sweep() {
+  part sweep "${SWEEP_LIMIT:-330}" $PY benchmarks/kernel_sweep.py \
+    --cases fixed:16384 fixed:65536 strided:16384 strided:65536 --out "$OUT/kernel-sweep.json"
+}
+
 case $WHAT in
   sweep)
-    part sweep "${SWEEP_LIMIT:-330}" $PY benchmarks/kernel_sweep.py \
-      --cases fixed:16384 fixed:65536 strided:16384 strided:65536 --out "$OUT/kernel-sweep.json"
+    sweep
     grep -A40 "^case " "$OUT/sweep.log" | head -40
     ;;
   explore)
-    part sweep "${SWEEP_LIMIT:-330}" $PY benchmarks/kernel_sweep.py \
-      --cases fixed:16384 fixed:65536 strided:16384 strided:65536 --out "$OUT/kernel-sweep.json"
+    sweep
     part check-atomic 70 $PY benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
       --set ATOMIC_DQ_LONG=True --out "$OUT/check-atomic"
     part check-bwd128 70 $PY benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \

@@ -58,7 +58,7 @@ LONG = [
 ]
 SETTINGS = ("FWD_BLOCK_LONG", "BWD_BLOCK_LONG", "ATOMIC_DQ_LONG", "SHORT_WALK_ORDER",
             "INLINE_DELTA_MAX_ROWS")  # set as a whole
-DEVICE = "cuda"  # the sweep runs on the GPU (tests of this script set "cpu" under the interpreter)
+DEVICE = "cuda"  # where run_variant runs (a CPU dry run under TRITON_INTERPRET=1 may set "cpu")
 MERGED = ("CONFIGS", "MAXNREG", "BWD_STEPS", "FWD_STEPS")  # a variant's entries are merged into these tables
 
 

@@ -371,23 +371,21 @@ class KernelTables:
     def fwd_tables(self) -> KernelTables:
         """The tables the forward runs on: these, or for long walks the same patterns' plans at
         ``FWD_BLOCK_LONG[block]`` (built on first use)."""
-        fb = FWD_BLOCK_LONG.get(self.block) if self.long_walk else None
-        if not fb or fb == self.block or any(p.pattern is None for p in self.plans):
-            return self
-        device = self.qdesc.device
-        return kernel_tables([p.pattern.plan(self.n, fb, device) for p in self.plans], device)
+        return self._long_walk_tables(FWD_BLOCK_LONG)
 
     @functools.cached_property
     def bwd_tables(self) -> KernelTables:
         """The tables the backward runs on: these, or for long walks the same patterns' plans at
-        ``BWD_BLOCK_LONG[block]`` (built on first use; the forward's when the tile sizes agree)."""
-        bb = BWD_BLOCK_LONG.get(self.block) if self.long_walk else None
-        if not bb or bb == self.block or any(p.pattern is None for p in self.plans):
+        ``BWD_BLOCK_LONG[block]`` (the forward's tables when the tile sizes agree: both come from
+        the cache of :func:`kernel_tables`)."""
+        return self._long_walk_tables(BWD_BLOCK_LONG)
+
+    def _long_walk_tables(self, blocks: dict[int, int]) -> KernelTables:
+        block = blocks.get(self.block) if self.long_walk else None
+        if not block or block == self.block or any(p.pattern is None for p in self.plans):
             return self
-        if self.fwd_tables.block == bb:
-            return self.fwd_tables
         device = self.qdesc.device
-        return kernel_tables([p.pattern.plan(self.n, bb, device) for p in self.plans], device)
+        return kernel_tables([p.pattern.plan(self.n, block, device) for p in self.plans], device)
 
     @functools.cached_property
     def fwd_static(self) -> tuple:
