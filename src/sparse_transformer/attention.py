@@ -17,7 +17,8 @@ Two things live here:
   sub-blocks ... better than the same sub-block").
 
 * :class:`SparseSelfAttention`: projections, head split, the call to
-  :func:`~sparse_transformer.kernels.sparse_attention`, head merge and the output projection W_p.
+  :func:`~sparse_transformer.kernels.keyed_attention` (one registered operator under
+  ``torch.compile``), head merge and the output projection W_p.
   The q/k width is ``qk_width`` (half of d with ``half_size``); values and W_p stay d -> d
   (spec section 5.1). When all heads share a pattern the kernel gets that one pattern (its fast
   path); otherwise one pattern per head.
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from . import patterns as P
-from .kernels import sparse_attention
+from .kernels import keyed_attention, pattern_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import ModelConfig
@@ -175,6 +176,8 @@ class SparseSelfAttention(nn.Module):
         self.kernel_pattern: P.Pattern | tuple[P.Pattern, ...] = (
             self.patterns[0] if len(distinct) == 1 else self.patterns
         )
+        # Built once here, a constant to torch.compile: the forward is one operator node.
+        self.pattern_key = pattern_key(self.kernel_pattern, self.n_head, backend)
 
     def extra_repr(self) -> str:
         pats = self.kernel_pattern
@@ -201,8 +204,8 @@ class SparseSelfAttention(nn.Module):
         device_type = q.device.type
         if torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type=device_type, enabled=False):
-                return sparse_attention(q, k, v, self.kernel_pattern, backend=self.backend)
-        return sparse_attention(q, k, v, self.kernel_pattern, backend=self.backend)
+                return keyed_attention(q, k, v, self.pattern_key)
+        return keyed_attention(q, k, v, self.pattern_key)
 
     def forward(self, x: torch.Tensor, attend: Attend | None = None) -> torch.Tensor:
         B, T, _ = x.shape

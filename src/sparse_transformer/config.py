@@ -21,6 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compilation import COMPILE, COMPILE_MODES
 from .model import ModelConfig
 
 __all__ = [
@@ -78,6 +79,8 @@ class TrainConfig:
     recompute: bool = False  # recompute each residual block in the backward pass
     distributed: str = "none"  # none | ddp | fsdp (under torchrun)
     micro_batch_size: int = 0  # per-rank micro-batch for gradient accumulation; 0 = no split
+    compile: str = "auto"  # auto (on CUDA) | true | false: torch.compile each residual block
+    compile_mode: str = "default"  # torch.compile mode (reduce-overhead: CUDA graphs)
 
     def __post_init__(self) -> None:
         for name, lo in (
@@ -109,6 +112,15 @@ class TrainConfig:
             raise ValueError(
                 f"unknown train.distributed {self.distributed!r}; "
                 f"choose from {', '.join(DISTRIBUTED)}"
+            )
+        if self.compile not in COMPILE:
+            raise ValueError(
+                f"unknown train.compile {self.compile!r}; choose from {', '.join(COMPILE)}"
+            )
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"unknown train.compile_mode {self.compile_mode!r}; "
+                f"choose from {', '.join(COMPILE_MODES)}"
             )
         if not isinstance(self.recompute, bool):
             raise TypeError(f"train.recompute must be true or false, got {self.recompute!r}")

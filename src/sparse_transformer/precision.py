@@ -19,9 +19,9 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
+import types
 
 import torch
 import torch.distributed as dist
@@ -56,25 +56,30 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
 # --------------------------------------------------------------------------------------------
 
 
-def _recomputed_forward(forward, *args, **kwargs):
+def _recomputed_forward(self: nn.Module, *args, **kwargs):
+    """``type(self).forward`` checkpointed. Bound to each block as a method (not a closure over
+    the block), so every block shares this code and ``torch.compile`` compiles it once."""
+    forward = type(self).forward
     if not torch.is_grad_enabled():
-        return forward(*args, **kwargs)
-    return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
+        return forward(self, *args, **kwargs)
+    return checkpoint(forward, self, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
 
 
 #: Tokens per feed-forward chunk under recomputation (inputs with more tokens are chunked).
 FF_CHUNK_TOKENS = 1 << 16
 
 
-def _chunked_ff_forward(forward, x: torch.Tensor) -> torch.Tensor:
-    """A position-wise ``forward`` over ``x`` (..., d) in chunks of FF_CHUNK_TOKENS positions,
-    each checkpointed (only its input, a view, is kept; the hidden layer is recomputed)."""
+def _chunked_ff_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A position-wise ``type(self).forward`` over ``x`` (..., d) in chunks of FF_CHUNK_TOKENS
+    positions, each checkpointed (only its input, a view, is kept; the hidden layer is
+    recomputed)."""
+    forward = type(self).forward
     n = x.numel() // x.shape[-1]
     if not torch.is_grad_enabled() or n <= FF_CHUNK_TOKENS:
-        return forward(x)
+        return forward(self, x)
     flat = x.reshape(n, x.shape[-1])
     outs = [
-        checkpoint(forward, part, use_reentrant=False, preserve_rng_state=True)
+        checkpoint(forward, self, part, use_reentrant=False, preserve_rng_state=True)
         for part in flat.split(FF_CHUNK_TOKENS)
     ]
     out = torch.cat(outs)
@@ -84,7 +89,7 @@ def _chunked_ff_forward(forward, x: torch.Tensor) -> torch.Tensor:
 def apply_recompute(model: nn.Module) -> nn.Module:
     """Recompute each residual block in the backward pass (and chunk long feed-forward passes,
     see the module notes). Parameter names do not change, so checkpoints are the same with and
-    without it. Apply before FSDP wrapping."""
+    without it. Apply before compiling and before FSDP wrapping."""
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ValueError("recomputation needs a model with a .blocks ModuleList of residual blocks")
@@ -93,8 +98,8 @@ def apply_recompute(model: nn.Module) -> nn.Module:
             continue
         mlp = getattr(block, "mlp", None)
         if isinstance(mlp, nn.Module):
-            mlp.forward = functools.partial(_chunked_ff_forward, mlp.forward)
-        block.forward = functools.partial(_recomputed_forward, block.forward)
+            mlp.forward = types.MethodType(_chunked_ff_forward, mlp)
+        block.forward = types.MethodType(_recomputed_forward, block)
         block._recompute = True
     return model
 

@@ -9,7 +9,8 @@ The pieces, in the order ``train`` uses them (each usable alone):
 
 * :func:`build_model` seeds torch and builds the bare :class:`SparseTransformer`;
 * :func:`apply_infrastructure` applies what lives outside the model, one config flag each:
-  recomputation (``train.recompute``, :func:`~sparse_transformer.precision.apply_recompute`) and
+  recomputation (``train.recompute``, :func:`~sparse_transformer.precision.apply_recompute`),
+  compilation (``train.compile``, :func:`~sparse_transformer.compilation.apply_compile`) and
   data parallelism (``train.distributed``, :func:`~sparse_transformer.distributed.apply_parallel`);
   mixed precision (``train.precision``) is an autocast around the forward pass plus a loss scaler;
 * :func:`configure_optimizer`: AdamW, decoupled weight decay on tensors of rank >= 2 only;
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as C
 from . import distributed as D
+from .compilation import apply_compile, should_compile
 from .config import Config, config_to_dict
 from .evaluate import bits_per_byte, estimate_loss, evaluate
 from .model import SparseTransformer
@@ -99,9 +101,12 @@ def build_model(cfg: Config) -> SparseTransformer:
 
 
 def apply_infrastructure(model: nn.Module, cfg: Config, info: D.DistInfo) -> nn.Module:
-    """Recomputation, then the data-parallel wrapper: the only places the model is changed."""
+    """Recomputation, compilation, then the data-parallel wrapper: the only places the model is
+    changed."""
     if cfg.train.recompute:
         model = apply_recompute(model)
+    if should_compile(cfg.train.compile, info.device):
+        model = apply_compile(model, cfg.train.compile_mode)
     return D.apply_parallel(model, cfg.train.distributed, info)
 
 
@@ -116,7 +121,9 @@ def configure_optimizer(model: nn.Module, t) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": t.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    # The fused CUDA kernel: one launch for all parameters instead of a few per tensor.
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=fused)
 
 
 def lr_at(update: int, t) -> float:
@@ -385,6 +392,7 @@ def _train(
         return path
 
     model.train()
+    compiled, first_step = should_compile(t.compile, device), step
     t_start = time.perf_counter()
     last: dict[str, Any] = {"train_loss": None}
     acc_loss, acc_steps, t_interval = 0.0, 0, time.perf_counter()
@@ -421,6 +429,9 @@ def _train(
             acc_loss += float(step_loss)
             acc_steps += 1
             bar.update(1)
+            if compiled and step == first_step + 1:
+                log.info("first step %.1f s (torch.compile of the blocks included)",
+                         time.perf_counter() - t_start)  # fmt: skip
 
             if step % t.log_interval == 0 or step == end:
                 dt = time.perf_counter() - t_interval

@@ -19,11 +19,13 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..patterns import Block, Dense, Pattern, Summary
+from . import op
 
 log = logging.getLogger(__name__)
 
@@ -156,36 +158,91 @@ def sparse_attention(
     Returns:
         (batch, heads, seq, head_dim_v) in q's dtype. Softmax statistics are kept in float32.
         A query whose pattern row is empty (``summary`` alone, early positions) gets zeros.
+
+    Every backend but SDPA and flex runs as the registered operator ``sparse_transformer::attention``
+    (:mod:`.op`). Code that ``torch.compile``s should build the key once with :func:`pattern_key`
+    and call :func:`keyed_attention` (what the model does): Dynamo then sees one operator node.
     """
     _check_inputs(q, k, v)
-    heads, n = q.shape[1], q.shape[2]
-    route = _route(backend, pattern, heads, n, q.device)
-    if route.sdpa:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    if q.dtype == torch.float64 and route.name not in ("reference", "torch"):
-        raise ValueError(f"float64 runs on the reference and torch backends, not {route.name!r}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if n == 0:
+    if q.shape[2] == 0:
         return q.new_zeros(*q.shape[:3], v.shape[-1])
-    return route.run(q, k, v, scale)
+    return keyed_attention(q, k, v, pattern_key(pattern, q.shape[1], backend), scale)
+
+
+@dataclass(frozen=True, eq=False)
+class PatternKey:
+    """A (backend, per-head patterns) pair prepared for :func:`keyed_attention`: ``key`` names it
+    for the registered operator; ``direct`` backends (flex) and all-dense heads under ``auto``
+    (SDPA on CUDA) are called without it."""
+
+    key: int
+    backend: str
+    source: object  # one Pattern, or a tuple of one per head
+    all_dense: bool
+    direct: bool
+
+
+_PATTERN_KEYS: dict[tuple, tuple[object, PatternKey]] = {}
+
+
+def pattern_key(pattern: Pattern | Sequence[Pattern], heads: int, backend: str = "auto") -> PatternKey:
+    """The :class:`PatternKey` of ``pattern`` (one for every head, or one per head) and ``backend``;
+    ValueError for an unknown backend or a pattern list of the wrong length. Cached by identity."""
+    ids = id(pattern) if isinstance(pattern, Pattern) else (
+        tuple(map(id, pattern)) if isinstance(pattern, Sequence) and not isinstance(pattern, str) else None)
+    cache = (backend, heads, ids)
+    hit = _PATTERN_KEYS.get(cache) if ids is not None else None
+    if hit is not None and _same(hit[0], pattern):
+        return hit[1]
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    pats = _head_patterns(pattern, heads)
+    src = pats[0] if len(set(pats)) == 1 else tuple(pats)
+    pk = PatternKey(
+        key=op.register(backend, src), backend=backend, source=src,
+        all_dense=all(isinstance(p, Dense) for p in pats), direct=backend == "flex",
+    )  # fmt: skip
+    if ids is not None:
+        if len(_PATTERN_KEYS) >= _MAX_ROUTES:
+            _PATTERN_KEYS.clear()
+        _PATTERN_KEYS[cache] = (pattern if isinstance(pattern, Pattern) else tuple(pattern), pk)
+    return pk
+
+
+def _same(a, b) -> bool:
+    if isinstance(b, Pattern):
+        return a is b
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def keyed_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: PatternKey, scale: float | None = None
+) -> torch.Tensor:
+    """:func:`sparse_attention` for a prepared :class:`PatternKey`; what ``torch.compile`` traces
+    into one node (the registered operator, or SDPA for all-dense heads on CUDA)."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if pk.all_dense and pk.backend == "auto" and q.is_cuda:
+        # PyTorch's causal SDPA (FlashAttention / cuDNN) is the best dense kernel, and a dense
+        # plan gains nothing from our tables.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    if pk.direct:
+        return _route(pk.backend, pk.source, q.shape[1], q.shape[2], q.device).run(q, k, v, scale)
+    return op.attention(q, k, v, pk.key, float(scale))
 
 
 class _Route:
     """What one (backend, per-head patterns, n, device) call needs besides the tensors, built once:
-    the resolved backend, the distinct patterns and their plans, and ``run(q, k, v, scale)``. Head
-    groups are index tensors on the device (no per-call host-to-device copies, so calls can be
-    graph-captured); the Triton backend keeps its kernel tables here, so a call does no planning work."""
+    the resolved backend, the distinct patterns and their plans, and ``forward(q, k, v, scale) ->
+    (out, lse)`` / ``backward(q, k, v, out, lse, dout, scale) -> (dq, dk, dv)`` for the registered
+    operator (``run(q, k, v, scale)`` for the direct flex backend). Head groups are index tensors on
+    the device (no per-call host-to-device copies, so calls can be graph-captured); the Triton
+    backend keeps its kernel tables here, so a call does no planning work."""
 
     def __init__(self, backend: str, source, heads: int, n: int, device: torch.device):
         self.source = source
         pats = _head_patterns(source, heads)
         self.patterns = tuple(pats)
-        # Every head dense on CUDA under "auto": PyTorch's causal SDPA (FlashAttention) is the best
-        # dense kernel, and a dense plan gains nothing from our tables.
-        self.sdpa = backend == "auto" and device.type == "cuda" and all(isinstance(p, Dense) for p in pats)
-        if self.sdpa:
-            self.name = "sdpa"
-            return
         self.name = name = resolve_backend(backend, device)
         self.distinct = list(dict.fromkeys(pats))
         if name == "reference":
@@ -196,27 +253,60 @@ class _Route:
         head_plan = [slot[p] for p in pats]
         head_plans = [self.plans[i] for i in head_plan]
         self.mod = mod = _module(name)
+        if name == "flex":
+            self.run = self._run_flex
+            return
         if name == "triton" and len({p.block for p in head_plans}) == 1:
-            tables = mod.kernel_tables(head_plans, device)
-            self.run = lambda q, k, v, scale: mod.attention_tables(q, k, v, tables, scale)
-        elif len(self.distinct) == 1:
-            self.run = lambda q, k, v, scale: mod.attention(q, k, v, self.plans[0], scale)
-        elif getattr(mod, "attention_multihead", None) is not None:
-            self.run = lambda q, k, v, scale: mod.attention_multihead(q, k, v, head_plans, scale)
+            self.tables = tables = mod.kernel_tables(head_plans, device)
+            self._fwd = lambda q, k, v, scale: mod.forward_tables(q, k, v, tables, scale)
+            self._bwd = lambda q, k, v, o, lse, do, scale: mod.backward_tables(q, k, v, o, lse, do, tables, scale)
+            self.groups = None
         else:
+            self._fwd = lambda q, k, v, scale, plan: mod.forward(q, k, v, plan, scale)
+            self._bwd = lambda q, k, v, o, lse, do, scale, plan: mod.backward(q, k, v, o, lse, do, plan, scale)
             index = [[h for h, i in enumerate(head_plan) if i == g] for g in range(len(self.distinct))]
-            self.groups = [torch.tensor(idx, device=device) for idx in index]
-            order = torch.tensor([h for idx in index for h in idx])
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(len(order))
-            self.inverse = inverse.to(device)
-            self.run = self._grouped
+            if len(index) == 1:
+                self.groups = None
+                plan = self.plans[0]
+                fwd, bwd = self._fwd, self._bwd
+                self._fwd = lambda q, k, v, scale: fwd(q, k, v, scale, plan)
+                self._bwd = lambda q, k, v, o, lse, do, scale: bwd(q, k, v, o, lse, do, scale, plan)
+            else:
+                self.groups = [torch.tensor(idx, device=device) for idx in index]
+                order = torch.tensor([h for idx in index for h in idx])
+                inverse = torch.empty_like(order)
+                inverse[order] = torch.arange(len(order))
+                self.inverse = inverse.to(device)
 
-    def _grouped(self, q, k, v, scale):
-        """Group the heads by pattern, run each group, put the heads back in order."""
-        outs = [self.mod.attention(q[:, sel], k[:, sel], v[:, sel], plan, scale)
-                for sel, plan in zip(self.groups, self.plans)]
-        return torch.cat(outs, dim=1)[:, self.inverse]
+    def _check_dtype(self, q: torch.Tensor) -> None:
+        if q.dtype == torch.float64 and self.name not in ("reference", "torch"):
+            raise ValueError(f"float64 runs on the reference and torch backends, not {self.name!r}")
+
+    def forward(self, q, k, v, scale: float):
+        self._check_dtype(q)
+        if self.groups is None:
+            return self._fwd(q, k, v, scale)
+        parts = [self._fwd(q[:, sel], k[:, sel], v[:, sel], scale, plan)
+                 for sel, plan in zip(self.groups, self.plans)]
+        return tuple(torch.cat(xs, dim=1)[:, self.inverse].contiguous() for xs in zip(*parts))
+
+    def backward(self, q, k, v, o, lse, do, scale: float):
+        if self.groups is None:
+            return self._bwd(q, k, v, o, lse, do, scale)
+        parts = [self._bwd(q[:, sel], k[:, sel], v[:, sel], o[:, sel], lse[:, sel], do[:, sel], scale, plan)
+                 for sel, plan in zip(self.groups, self.plans)]
+        return tuple(torch.cat(xs, dim=1)[:, self.inverse].contiguous() for xs in zip(*parts))
+
+    def _run_flex(self, q, k, v, scale):
+        """FlexAttention, differentiable on its own: one call per distinct plan, heads put back."""
+        if len(self.plans) == 1:
+            return self.mod.attention(q, k, v, self.plans[0], scale)
+        heads = [[h for h, p in enumerate(self.patterns) if p == d] for d in self.distinct]
+        out = q.new_empty(*q.shape[:3], v.shape[-1])
+        for idx, plan in zip(heads, self.plans):
+            sel = torch.tensor(idx, device=q.device)
+            out = out.index_copy(1, sel, self.mod.attention(q[:, sel], k[:, sel], v[:, sel], plan, scale))
+        return out
 
     def matches(self, source) -> bool:
         if isinstance(source, Pattern):

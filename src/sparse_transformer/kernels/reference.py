@@ -48,3 +48,28 @@ def attention(
     if return_lse:
         return out, lse
     return out
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, scale: float):
+    """(out, lse) for the registered operator: out in q's dtype, lse in float32 (float64 inputs:
+    float64), computed in float32 (float64)."""
+    out, lse = attention(q, k, v, pattern, scale, return_lse=True)
+    return out, lse.to(torch.promote_types(q.dtype, torch.float32))
+
+
+def backward(q, k, v, out, lse, dout, pattern: Pattern, scale: float):
+    """dQ, dK, dV of :func:`forward` from its saved log-sum-exp, written out (dense, O(N^2)):
+    P = exp(S - lse), dV = P^T dO, dS = P * (dO V^T - rowsum(P * dO V^T)), dQ = dS K * scale,
+    dK = dS^T Q * scale. Checked against autograd through :func:`attention` in the tests."""
+    work = torch.promote_types(q.dtype, torch.float32)
+    qf, kf, vf, dof = (x.to(work) for x in (q, k, v, dout))
+    mask = pattern.mask(q.shape[-2], device=q.device)
+    s = torch.matmul(qf, kf.transpose(-1, -2)) * scale
+    lse_safe = torch.where(torch.isfinite(lse), lse, 0.0).to(work)
+    p = torch.exp(s - lse_safe[..., None]).masked_fill(~mask, 0.0)
+    dv = torch.matmul(p.transpose(-1, -2), dof)
+    dp = torch.matmul(dof, vf.transpose(-1, -2))
+    ds = p * (dp - (p * dp).sum(-1, keepdim=True))
+    dq = torch.matmul(ds, kf) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), qf) * scale
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

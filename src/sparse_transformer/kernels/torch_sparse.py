@@ -120,32 +120,25 @@ def _merge(parts):
     return out, total
 
 
-class _SparseAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, plan: BlockPlan, scale: float):
-        with torch.autocast(q.device.type, enabled=False):  # the kernel manages its precision
-            parts = [_segment_forward(q, k, v, seg, scale) for seg in plan.segments]
-        out, lse = _merge(parts)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale = plan, scale
-        return out.to(q.dtype), lse
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float):
+    """(out, lse): out (batch, heads, seq, head_dim_v) in q's dtype, lse (batch, heads, seq) in the
+    work dtype (float32; float64 for float64 inputs). Both contiguous."""
+    with torch.autocast(q.device.type, enabled=False):  # the kernel manages its precision
+        out, lse = _merge([_segment_forward(q, k, v, seg, scale) for seg in plan.segments])
+    return out.to(q.dtype).contiguous(), lse.contiguous()
 
-    @staticmethod
-    def backward(ctx, dout, dlse_unused):
-        with torch.autocast(dout.device.type, enabled=False):
-            return _SparseAttention._backward(ctx, dout)
 
-    @staticmethod
-    def _backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        plan, scale = ctx.plan, ctx.scale
+def backward(q, k, v, out, lse, dout, plan: BlockPlan, scale: float):
+    """dQ, dK, dV from the saved output and log-sum-exp, chunk by chunk (each chunk's scores are
+    recomputed; nothing of size N x N exists)."""
+    with torch.autocast(dout.device.type, enabled=False):
         bsz, h, n, d = q.shape
         wt = _work_dtype(q)
         dq = q.new_zeros(bsz, h, n + 1, d, dtype=wt)
         dk = q.new_zeros(bsz, h, n + 1, d, dtype=wt)
         dv = q.new_zeros(bsz, h, n + 1, v.shape[-1], dtype=wt)
         dout = dout.to(wt)
-        delta = (dout * out).sum(-1)  # (B, H, N)
+        delta = (dout * out.to(wt)).sum(-1)  # (B, H, N)
         lse_safe = torch.where(torch.isfinite(lse), lse, 0.0)
         for seg in plan.segments:
             for t0, t1, width in _chunks(seg, bsz * h):
@@ -161,13 +154,23 @@ class _SparseAttention(torch.autograd.Function):
                 ds = ds.sub_(dg[..., None]).mul_(p).mul_(scale)
                 _scatter_add(dq, qpos, torch.matmul(ds, kg))
                 _scatter_add(dk, kpos, torch.matmul(ds.transpose(-1, -2), qg))
-        return (
-            dq[:, :, :n].to(q.dtype),
-            dk[:, :, :n].to(k.dtype),
-            dv[:, :, :n].to(v.dtype),
-            None,
-            None,
-        )
+    return tuple(
+        g[:, :, :n].to(x.dtype).contiguous() for g, x in ((dq, q), (dk, k), (dv, v))
+    )
+
+
+class _SparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan: BlockPlan, scale: float):
+        out, lse = forward(q, k, v, plan, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.plan, ctx.scale = plan, scale
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse_unused):
+        q, k, v, out, lse = ctx.saved_tensors
+        return (*backward(q, k, v, out, lse, dout, ctx.plan, ctx.scale), None, None)
 
 
 def attention(

@@ -54,8 +54,8 @@ import torch
 
 from ..patterns import BlockPlan
 
-__all__ = ["CONFIGS", "attention", "attention_multihead", "attention_tables", "available", "kernel_tables",
-           "launch_stats"]
+__all__ = ["CONFIGS", "attention", "attention_multihead", "attention_tables", "available", "backward_tables",
+           "forward_tables", "kernel_tables", "launch_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -881,11 +881,27 @@ def _pow2(x: int) -> int:
     return max(16, 1 << (int(x) - 1).bit_length())
 
 
+def forward_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
+    """(out, lse) over prepared :func:`kernel_tables`: out (batch, heads, seq, head_dim_v) in q's
+    dtype, lse (batch, heads, seq) float32. q, k, v may be strided views (last dim contiguous)."""
+    if q.shape[1] != tabs.heads or q.shape[2] != tabs.n:
+        raise ValueError(f"tables built for {tabs.heads} heads and n={tabs.n}, inputs have "
+                         f"{q.shape[1]} heads and n={q.shape[2]}")
+    _check_tensors(q, v)
+    q, k, v = (_last_contiguous(x) for x in (q, k, v))
+    return _forward(q, k, v, tabs.fwd_tables, scale)
+
+
+def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
+    """dQ, dK, dV of :func:`forward_tables` from its output and log-sum-exp."""
+    q, k, v, do = (_last_contiguous(x) for x in (q, k, v, do))
+    return _backward(q, k, v, o, lse, do, tabs, scale)
+
+
 class _TritonSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, tabs: KernelTables, scale: float):
-        q, k, v = (_last_contiguous(x) for x in (q, k, v))
-        o, lse = _forward(q, k, v, tabs.fwd_tables, scale)
+        o, lse = forward_tables(q, k, v, tabs, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.tabs, ctx.scale = tabs, scale
         return o
@@ -893,8 +909,7 @@ class _TritonSparseAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, lse, _last_contiguous(do), ctx.tabs, ctx.scale)
-        return dq, dk, dv, None, None
+        return (*backward_tables(q, k, v, o, lse, do, ctx.tabs, ctx.scale), None, None)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -918,12 +933,8 @@ def _check_plans(n: int, plans: list[BlockPlan]) -> None:
 
 
 def attention_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
-    """Attention over prepared :func:`kernel_tables` (the dispatcher keeps them per call site, so
-    a call does no planning work): checks the tensors against the tables and runs."""
-    if q.shape[1] != tabs.heads or q.shape[2] != tabs.n:
-        raise ValueError(f"tables built for {tabs.heads} heads and n={tabs.n}, inputs have "
-                         f"{q.shape[1]} heads and n={q.shape[2]}")
-    _check_tensors(q, v)
+    """Differentiable attention over prepared :func:`kernel_tables` (checks the tensors against
+    the tables, then :func:`forward_tables`; the backward is :func:`backward_tables`)."""
     return _TritonSparseAttention.apply(q, k, v, tabs, scale)
 
 

@@ -1,0 +1,108 @@
+"""The attention as one registered PyTorch operator: ``torch.compile`` sees one opaque node.
+
+Two operators (``torch.library.custom_op``), each with a fake (meta) implementation:
+
+* ``sparse_transformer::attention(q, k, v, key, scale) -> (out, lse)``
+* ``sparse_transformer::attention_backward(q, k, v, out, lse, dout, key, scale) -> (dq, dk, dv)``
+
+joined by ``register_autograd``. The pattern travels as ``key``: a plain int naming an interned
+(backend, per-head patterns) pair (:func:`register`). Dynamo sees a constant, so it never traces the
+planning, table or launch code (the source of the graph breaks and recompiles before), and Inductor
+fuses everything around the node. The implementation resolves the key to the dispatcher's cached
+route for (n, heads, device) and runs that backend's ``forward`` / ``backward``: the float64
+``reference``, the PyTorch ``torch`` path and the fused ``triton`` kernels all go through here. The
+two that are already PyTorch operators of their own (causal SDPA for all-dense heads on CUDA, and
+FlexAttention) are called directly by :func:`sparse_transformer.kernels.sparse_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["attention", "register", "source"]
+
+_SOURCES: list[tuple[str, object]] = []  # key -> (backend, pattern or tuple of per-head patterns)
+_INDEX: dict[tuple[str, object], int] = {}
+
+
+def register(backend: str, pattern_source) -> int:
+    """The op key of (backend, one pattern or a tuple of per-head patterns); equal pairs share a
+    key, so a key is valid for the life of the process."""
+    item = (backend, pattern_source)
+    key = _INDEX.get(item)
+    if key is None:
+        key = _INDEX[item] = len(_SOURCES)
+        _SOURCES.append(item)
+    return key
+
+
+def source(key: int) -> tuple[str, object]:
+    """(backend, pattern source) of a registered key."""
+    if not 0 <= key < len(_SOURCES):
+        raise ValueError(f"unknown attention key {key}; keys come from op.register()")
+    return _SOURCES[key]
+
+
+def _route(key: int, q: torch.Tensor):
+    from . import _route as route  # the dispatcher's cache of plans and kernel tables
+
+    backend, src = source(key)
+    return route(backend, src, q.shape[1], q.shape[2], q.device)
+
+
+def _lse_dtype(q: torch.Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("sparse_transformer::attention", mutates_args=())
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _route(key, q).forward(q, k, v, scale)
+
+
+@_attention.register_fake
+def _(q, k, v, key, scale):
+    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
+
+
+@torch.library.custom_op("sparse_transformer::attention_backward", mutates_args=())
+def _attention_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    key: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _route(key, q).backward(q, k, v, out, lse, dout, scale)
+
+
+@_attention_backward.register_fake
+def _(q, k, v, out, lse, dout, key, scale):
+    return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.key, ctx.scale = key, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _attention_backward(q, k, v, out, lse, dout, ctx.key, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key: int, scale: float) -> torch.Tensor:
+    """The operator's output (batch, heads, seq, head_dim_v) for a registered ``key``."""
+    return _attention(q, k, v, key, scale)[0]
