@@ -1,163 +1,348 @@
-"""Model benchmark (issue 5): the ``enwik8`` preset's training step, dense vs fixed vs strided.
+"""The training step against a compiled dense GPT (issue 16): what a user gains by training sparse.
 
-The paper's Table 2 time column (EnWik8, 12,288 context: dense 1.31, fixed 0.55, strided 0.35
-per iteration; unit and hardware not stated) as our measurement: time per training step and
-tokens/s of the ``enwik8`` preset (30 layers, 8 heads, d 512, ctx 12,288, residual dropout 0.4,
-bf16 autocast) with three attention patterns, everything else the same:
+For each preset (``enwik8``: 30 L, d 512, 8 heads, ctx 12,288, dropout 0.4; ``table2-text``: 8 L,
+d 256, ctx 8,192; ``table2-images``: 8 L, d 256, ctx 784), in ONE process:
 
-* ``dense``: full causal attention, PyTorch's SDPA (FlashAttention: what ``auto`` picks for
-  all-dense heads on CUDA); ``dense-triton`` (with ``--patterns``): the same through our Triton
-  kernels on a dense block plan;
-* ``fixed``: the preset, merged heads over block(128) + summary(128, 32) (25.8% of the pairs);
-* ``strided``: merged heads over local(128) + strided(128) (the paper's strided, l = 128).
+* ``gpt``: a plain dense causal GPT of the same shape written here (pre-LN, GELU 4x, fused QKV,
+  SDPA, learned positions, the preset's dropout): the model a user would train instead. Compiled
+  whole with ``torch.compile(model)`` (its best case), and eager.
+* ``dense`` / ``fixed`` / ``strided``: our model with ``model.pattern`` set (dense runs through SDPA
+  under ``auto``; the sparse ones through our Triton kernels), eager and compiled as
+  ``train.compile=true`` compiles (each residual block, :mod:`sparse_transformer.compilation`).
 
-A step is train.py's (``memory.train_step``: forward, float32 loss, backward, clipping, AdamW) on
-``--batch`` sequences (default 2: the preset's 16 over 8 GPUs). Median of ``--steps`` steps after
-``--warmup`` steps. Writes JSON (and a .md table with ``--md``).
+Every row runs train.py's step: bf16 autocast, float32 loss, backward, clipping, fused AdamW. The
+time is the median of ``--steps`` steps after ``--warmup`` (the first one compiles), synchronised.
 
-    PYTHONPATH=src python benchmarks/model.py --json out.json --md out.md
-    PYTHONPATH=src python benchmarks/model.py --device cpu --ctx 256 --layers 2 --steps 1   # smoke
+Useful FLOPs per step (the formula of issue 16): matmuls ``6 * P * tokens`` with P the weights of
+the linear layers (the embeddings are look-ups), plus attention ``4 * pairs * d_head * heads *
+layers * 3`` per sequence for forward + backward, with ``pairs`` the (query, key) pairs each head's
+pattern allows (n(n+1)/2 for dense). Utilisation is useful FLOP/s over the bf16 matmul rate
+measured in the same process (8192^3). ``--profile`` adds, for the compiled sparse rows of the
+first preset, one profiled step split into attention / matmul / optimizer / other kernels.
+
+    PYTHONPATH=src python benchmarks/model.py --presets enwik8 table2-text table2-images \\
+        --json out.json --md out.md --profile
+    PYTHONPATH=src python benchmarks/model.py --device cpu --presets tiny-cpu --steps 1   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import statistics
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory import _write, env_info, measure
+from memory import GIB, _write, env_info
 
-PAPER = {"dense": 1.31, "fixed": 0.55, "strided": 0.35}
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-
-def variants(base, sparse_backend: str):
-    return {
-        "dense": replace(base, pattern="dense", backend="auto"),
-        "dense-triton": replace(base, pattern="dense", backend="triton"),
-        "fixed": replace(base, backend=sparse_backend),
-        "strided": replace(base, pattern="strided", mode="merged", backend=sparse_backend),
-    }
+ROWS = ("gpt-compiled", "gpt-eager", "dense-eager", "dense-compiled", "fixed-eager",
+        "fixed-compiled", "strided-eager", "strided-compiled")  # fmt: skip
+BATCH = {"enwik8": 2}  # per-GPU batch where it differs from the preset's (enwik8: 16 over 8 GPUs)
 
 
-def flop_floor(mc, batch: int) -> dict:
-    """Step-time ratios to dense if every part ran at the same FLOP rate (Amdahl): matmul FLOPs
-    6 * (block + head parameters) * tokens, attention 4 * pairs * d per layer forward (x 3.5
-    forward + backward); elementwise work, the optimizer and the embeddings left out."""
+# --------------------------------------------------------------------------------------------
+# The baseline: a plain dense causal GPT of the same shape
+# --------------------------------------------------------------------------------------------
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, d)))
+        return x + self.drop(self.fc2(F.gelu(self.fc(self.ln2(x)), approximate="tanh")))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab: int, ctx: int, layers: int, heads: int, d: int, dropout: float):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(ctx, d)
+        self.blocks = nn.ModuleList(GPTBlock(d, heads, dropout) for _ in range(layers))
+        self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+        for p in self.parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------------------------
+
+
+def useful_flops(mc, batch: int, pattern: str) -> dict:
+    """Useful FLOPs of one training step (forward + backward) of ``mc`` with ``pattern``."""
     from sparse_transformer.attention import layer_patterns
 
-    n, d = mc.ctx, mc.d_model
-    per_layer = d * (2 * mc.qk_width + d) + d * d + 2 * d * mc.ffn_width  # in, out, FF
-    linear = 6 * (mc.n_layer * per_layer + d * mc.vocab_size) * batch * n
-    out = {}
-    for name, pat in (("dense", "dense"), ("fixed", "fixed"), ("strided", "strided")):
-        cfg = replace(mc, pattern=pat, mode="merged")
-        causal = n * (n + 1) / 2
-        layers = [heads[0] for heads in layer_patterns(cfg)]  # equal patterns are one object
-        density = {id(p): p.plan(n, 64).pairs() / causal if pat != "dense" else 1.0 for p in layers}
-        pairs = sum(density[id(p)] * causal for p in layers)
-        out[name] = linear + 3.5 * 4 * pairs * d * batch
-    return {k: v / out["dense"] for k, v in out.items()}
+    n, d, H = mc.ctx, mc.d_model, mc.n_head
+    per_layer = d * (2 * mc.qk_width + d) + d * d + 2 * d * mc.ffn_width
+    matmul = 6 * (mc.n_layer * per_layer + d * mc.vocab_size) * batch * n
+    cfg = replace(mc, pattern=pattern)
+    pairs = 0
+    for heads in layer_patterns(cfg):
+        for p in heads:
+            pairs += n * (n + 1) // 2 if pattern == "dense" else p.plan(n, 64).pairs()
+    attention = 4 * pairs * (d // H) * 3 * batch  # pairs summed over heads and layers
+    return {"matmul": matmul, "attention": attention, "total": matmul + attention}
+
+
+def matmul_rate(device: str) -> float:
+    """Measured bf16 matmul TFLOP/s (8192^3, median of 20)."""
+    if device != "cuda":
+        return float("nan")
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(20):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1000)
+    return 2 * 8192**3 / statistics.median(times) / 1e12
+
+
+# --------------------------------------------------------------------------------------------
+# One row
+# --------------------------------------------------------------------------------------------
+
+
+def build_row(row: str, mc, device: str):
+    from sparse_transformer.compilation import apply_compile
+    from sparse_transformer.model import SparseTransformer
+
+    name, how = row.split("-")
+    torch.manual_seed(0)
+    with torch.device(device):
+        if name == "gpt":
+            model = GPT(mc.vocab_size, mc.ctx, mc.n_layer, mc.n_head, mc.d_model, mc.dropout)
+        else:
+            model = SparseTransformer(replace(mc, pattern=name, backend="auto"))
+    model.train()
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=device == "cuda")
+    if how == "compiled":
+        model = torch.compile(model) if name == "gpt" else apply_compile(model)
+    return model, opt, params
+
+
+def step(model, opt, params, x, y, device: str) -> torch.Tensor:
+    with torch.autocast(device, dtype=torch.bfloat16):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+KINDS = (
+    ("attention", ("fwd_kernel", "bwd_kernel", "merge_kernel", "delta_kernel", "add_slots_kernel",
+                   "flash", "fmha", "cudnn", "attention")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "matmul")),
+)  # fmt: skip
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def profile_step(model, opt, params, x, y, device: str) -> dict:
+    """GPU time of one step by kernel kind (ms), and the largest 'other' kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step(model, opt, params, x, y, device)
+        torch.cuda.synchronize()
+    split: dict[str, float] = {}
+    other: dict[str, float] = {}
+    for ev in prof.key_averages():
+        ms = ev.device_time_total / 1000 if hasattr(ev, "device_time_total") else ev.cuda_time_total / 1000
+        if ms <= 0:
+            continue
+        kind = kernel_kind(ev.key)
+        split[kind] = split.get(kind, 0.0) + ms
+        if kind == "other":
+            other[ev.key[:90]] = other.get(ev.key[:90], 0.0) + ms
+    top = sorted(other.items(), key=lambda kv: -kv[1])[:12]
+    return {"ms": {k: round(v, 2) for k, v in split.items()}, "total_ms": round(sum(split.values()), 2),
+            "top_other": [[k, round(v, 3)] for k, v in top]}
+
+
+def measure(row: str, mc, batch: int, device: str, steps: int, warmup: int, prof: bool) -> dict:
+    out: dict = {"name": row, "batch": batch, "ctx": mc.ctx}
+    model = opt = None
+    try:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        model, opt, params = build_row(row, mc, device)
+        g = torch.Generator().manual_seed(0)
+        data = torch.randint(0, mc.vocab_size, (batch, mc.ctx + 1), generator=g).to(device)
+        x, y = data[:, :-1], data[:, 1:]
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        step(model, opt, params, x, y, device)
+        sync()
+        out["first_step_s"] = round(time.perf_counter() - t0, 2)
+        for _ in range(warmup - 1):
+            step(model, opt, params, x, y, device)
+        sync()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            loss = step(model, opt, params, x, y, device)
+            sync()
+            times.append(time.perf_counter() - t0)
+        out["loss"] = float(loss)
+        out["step_ms"] = 1000 * statistics.median(times)
+        out["step_ms_all"] = [round(1000 * t, 2) for t in times]
+        out["tokens_per_s"] = batch * mc.ctx / statistics.median(times)
+        if device == "cuda":
+            out["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
+        if prof and device == "cuda":
+            out["profile"] = profile_step(model, opt, params, x, y, device)
+        out["status"] = "ok"
+    except torch.OutOfMemoryError as e:
+        out.update(status="oom", error=str(e).splitlines()[0][:300])
+    except Exception as e:  # a failed row is recorded, the others still run
+        out.update(status="error", error=f"{type(e).__name__}: {str(e)[:400]}")
+    finally:
+        del model, opt
+        torch._dynamo.reset()
+        gc.collect()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
 
 
 def to_markdown(doc: dict) -> str:
-    rows = {r["name"]: r for r in doc["rows"]}
     env = doc["env"]
-    out = [
-        f"# enwik8 preset: training step, dense vs fixed vs strided ({env.get('device', '')})",
+    lines = [
+        f"# Training step vs a compiled dense GPT ({env.get('device', '')})",
         "",
-        (
-            f"torch {env.get('torch')}, triton {env.get('triton', '-')}, commit {env.get('commit')}, "
-            f"{env.get('date')}; batch {doc['batch']} x ctx {doc['ctx']:,}, {doc['precision']}, "
-            f"median of {doc['steps']} steps."
-        ),
+        f"torch {env.get('torch')}, triton {env.get('triton', '-')}, commit {env.get('commit')}, "
+        f"{env.get('date')}; bf16 autocast, fused AdamW, median of {doc['steps']} steps; measured "
+        f"bf16 matmul rate {doc['matmul_tflops']:.0f} TFLOP/s. Command: `{doc['command']}`",
         "",
-        ("| pattern | step (ms) | tokens/s | peak memory (GiB) | ÷ dense | FLOP floor ÷ dense "
-        "| paper time/iter | paper ÷ dense |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Useful FLOPs = 6 x linear weights x tokens + 4 x pairs x d_head x heads x layers x 3 "
+        "(forward + backward; pairs = what each head's pattern allows). Utilisation = useful "
+        "FLOP/s / measured matmul rate.",
+        "",
     ]
-    dense = (
-        rows.get("dense", {}).get("step_ms")
-        if rows.get("dense", {}).get("status") == "ok"
-        else None
-    )
-    floor = doc.get("flop_floor", {})
-    for name in ("dense", "dense-triton", "fixed", "strided"):
-        r = rows.get(name)
-        if r is None:
-            continue
-        paper = PAPER.get(name.split("-")[0])
-        paper_cells = f"{paper} | {paper / PAPER['dense']:.2f}" if name in PAPER else "- | -"
-        fl = f"{floor[name]:.2f}" if name in floor else "-"
-        if r["status"] != "ok":
-            out.append(f"| {name} | {r['status']} | | | | {fl} | {paper_cells} |")
-            continue
-        ratio = f"{r['step_ms'] / dense:.2f}" if dense else "-"
-        out.append(
-            f"| {name} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r.get('peak_gib', 0):.1f} | "
-            f"{ratio} | {fl} | {paper_cells} |"
-        )
-    out += [
-        "",
-        ("FLOP floor: the step-time ratio to dense if matmuls and attention ran at one FLOP rate "
-        "(6 x parameters x tokens for the matmuls, 4 x pairs x d x 3.5 for attention; elementwise "
-        "work and the optimizer left out): with kernels as efficient as the dense ones, a sparse step cannot go below it."),
-    ]
-    return "\n".join(out) + "\n"
+    for p in doc["presets"]:
+        lines += [
+            f"## {p['preset']}: {p['layers']} L, d {p['d_model']}, {p['heads']} heads, ctx "
+            f"{p['ctx']:,}, batch {p['batch']}, dropout {p['dropout']}",
+            "",
+            "| row | ms/step | ÷ compiled GPT | tokens/s | useful TFLOP/s | utilisation | peak GiB "
+            "| first step s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        base = p.get("baseline_ms")
+        for r in p["rows"]:
+            if r["status"] != "ok":
+                lines.append(f"| {r['name']} | {r['status']}: {r.get('error', '')[:80]} | | | | | | |")
+                continue
+            ratio = f"{r['step_ms'] / base:.2f}" if base else "-"
+            lines.append(
+                f"| {r['name']} | {r['step_ms']:.1f} | {ratio} | {r['tokens_per_s']:,.0f} | "
+                f"{r['useful_tflops']:.0f} | {r['utilisation']:.2f} | {r.get('peak_gib', 0):.1f} | "
+                f"{r['first_step_s']:.1f} |"
+            )
+        lines.append("")
+        for r in p["rows"]:
+            if "profile" in r:
+                pr = r["profile"]
+                parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(pr["ms"].items()))
+                lines += [f"Profile of one `{r['name']}` step: {pr['total_ms']:.1f} ms of GPU time: "
+                          f"{parts} ms. Largest other kernels: "
+                          + "; ".join(f"{k} {v:.2f}" for k, v in pr["top_other"][:6]), ""]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--preset", default="enwik8")
-    ap.add_argument("--patterns", nargs="*", default=["dense", "fixed", "strided"],
-                    choices=["dense", "dense-triton", "fixed", "strided"])
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--ctx", type=int, default=None, help="override the context (smoke tests)")
+    ap.add_argument("--presets", nargs="+", default=["enwik8", "table2-text", "table2-images"])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    ap.add_argument("--batch", type=int, default=None, help="default: 2 for enwik8, else the preset's")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--layers", type=int, default=None, help="override the depth (smoke tests)")
-    ap.add_argument("--backend", default=None, help="default: triton on cuda, torch on cpu")
-    ap.add_argument("--recompute", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="profile the first preset's compiled sparse rows")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--md", type=Path, default=None)
     args = ap.parse_args(argv)
 
     from sparse_transformer.config import get_preset
 
-    cfg = get_preset(args.preset)
-    base = cfg.model
-    sparse_backend = args.backend or ("triton" if args.device == "cuda" else "torch")
-    if args.ctx:
-        base = replace(base, ctx=args.ctx)
-    if args.layers:
-        base = replace(base, n_layer=args.layers)
-    doc = {
-        "env": env_info(args.device), "preset": args.preset, "batch": args.batch,
-        "ctx": base.ctx, "layers": base.n_layer, "precision": cfg.train.precision,
-        "recompute": args.recompute, "steps": args.steps, "paper_time_per_iter": PAPER, "rows": [],
-        "flop_floor": flop_floor(base, args.batch),
-    }  # fmt: skip
-    print("FLOP floor (ratio to dense at one FLOP rate): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in doc["flop_floor"].items()), flush=True)
-    for name, mc in variants(base, sparse_backend).items():
-        if name not in args.patterns:
-            continue
-        r = measure(mc, device=args.device, precision=cfg.train.precision,
-                    recompute=args.recompute, steps=args.steps, batch=args.batch)  # fmt: skip
-        r.update(name=name, pattern=mc.pattern, mode=mc.mode, stride=mc.stride, c=mc.c)
-        doc["rows"].append(r)
-        msg = (f"{r['step_ms']:.1f} ms/step, {r['tokens_per_s']:,.0f} tok/s, peak {r.get('peak_gib', 0):.1f} GiB"
-               if r["status"] == "ok" else f"{r['status']}: {r.get('error')}")  # fmt: skip
-        print(f"{name:<8} {msg}", flush=True)
-        _write(args.json, doc)
-    ok = {r["name"]: r["step_ms"] for r in doc["rows"] if r["status"] == "ok"}
-    if "dense" in ok:
-        doc["ratio_to_dense"] = {k: v / ok["dense"] for k, v in ok.items()}
-        print(
-            "step time / dense: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in doc["ratio_to_dense"].items())
-        )
+    rate = matmul_rate(args.device)
+    doc = {"env": env_info(args.device), "steps": args.steps, "matmul_tflops": rate,
+           "command": "python benchmarks/model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "presets": []}  # fmt: skip
+    print(f"bf16 matmul rate {rate:.0f} TFLOP/s", flush=True)
+    for pi, preset in enumerate(args.presets):
+        cfg = get_preset(preset)
+        mc = cfg.model if args.layers is None else replace(cfg.model, n_layer=args.layers)
+        batch = args.batch or BATCH.get(preset, cfg.train.batch_size)
+        entry = {"preset": preset, "layers": mc.n_layer, "d_model": mc.d_model, "heads": mc.n_head,
+                 "ctx": mc.ctx, "batch": batch, "dropout": mc.dropout, "rows": []}  # fmt: skip
+        doc["presets"].append(entry)
+        flops = {p: useful_flops(mc, batch, p) for p in ("dense", "fixed", "strided")}
+        entry["useful_flops"] = flops
+        for row in args.rows:
+            pattern = row.split("-")[0].replace("gpt", "dense")
+            prof = args.profile and pi == 0 and row in ("fixed-compiled", "strided-compiled")
+            r = measure(row, mc, batch, args.device, args.steps, args.warmup, prof)
+            if r["status"] == "ok":
+                r["useful_tflops"] = flops[pattern]["total"] / (r["step_ms"] / 1000) / 1e12
+                r["utilisation"] = r["useful_tflops"] / rate if rate == rate else float("nan")
+                if row == "gpt-compiled":
+                    entry["baseline_ms"] = r["step_ms"]
+            entry["rows"].append(r)
+            base = entry.get("baseline_ms")
+            msg = (f"{r['step_ms']:8.1f} ms/step  {r['step_ms'] / base if base else float('nan'):5.2f} x "
+                   f"compiled GPT  {r['tokens_per_s']:>10,.0f} tok/s  peak {r.get('peak_gib', 0):5.1f} GiB  "
+                   f"first step {r['first_step_s']:.1f} s"
+                   if r["status"] == "ok" else f"{r['status']}: {r.get('error')}")  # fmt: skip
+            print(f"{preset:<14} {row:<17} {msg}", flush=True)
+            if "profile" in r:
+                print(f"   profile: {r['profile']['ms']} top other: {r['profile']['top_other'][:4]}", flush=True)
+            _write(args.json, doc)
     _write(args.json, doc)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)

@@ -156,11 +156,20 @@ def test_train_compile_true_trains_tiny_cpu(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("pattern", PATTERNS)
-def test_triton_compiled_equals_eager_gpu(pattern, mode):
+def test_triton_zero_graph_breaks_and_aot_equal_gpu(pattern, mode):
     m = _model(pattern, mode, False, backend="auto", device="cuda")
     dynamo.reset()
     ex = dynamo.explain(m)(torch.randint(0, 256, (2, 64), device="cuda"))
     assert ex.graph_break_count == 0
     dynamo.reset()
-    _compiled_vs_eager(pattern, mode, False, "auto", "cuda", "inductor", dtype=torch.bfloat16,
+    _compiled_vs_eager(pattern, mode, False, "auto", "cuda", "aot_eager", atol=1e-5)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("pattern,mode,recompute", [
+    ("fixed", "merged", False), ("strided", "multihead", True), ("dense", "interleaved", False)])
+def test_triton_compiled_equals_eager_inductor_gpu(pattern, mode, recompute):
+    dynamo.reset()
+    _compiled_vs_eager(pattern, mode, recompute, "auto", "cuda", "inductor", dtype=torch.bfloat16,
                        atol=5e-2)
