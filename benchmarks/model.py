@@ -36,10 +36,9 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory import GIB, _write, env_info
-
 import torch
 import torch.nn.functional as F
+from memory import GIB, _write, env_info
 from torch import nn
 
 ROWS = ("gpt-compiled", "gpt-eager", "dense-eager", "dense-compiled", "fixed-eager",
@@ -235,7 +234,7 @@ def measure(row: str, mc, batch: int, device: str, steps: int, warmup: int, prof
         out["status"] = "ok"
     except torch.OutOfMemoryError as e:
         out.update(status="oom", error=str(e).splitlines()[0][:300])
-    except Exception as e:  # a failed row is recorded, the others still run
+    except Exception as e:  # noqa: BLE001  (a failed row is recorded, the others still run)
         out.update(status="error", error=f"{type(e).__name__}: {str(e)[:400]}")
     finally:
         del model, opt
@@ -254,22 +253,22 @@ def to_markdown(doc: dict) -> str:
     lines = [
         f"# Training step vs a compiled dense GPT ({env.get('device', '')})",
         "",
-        f"torch {env.get('torch')}, triton {env.get('triton', '-')}, commit {env.get('commit')}, "
+        (f"torch {env.get('torch')}, triton {env.get('triton', '-')}, commit {env.get('commit')}, "
         f"{env.get('date')}; bf16 autocast, fused AdamW, median of {doc['steps']} steps; measured "
-        f"bf16 matmul rate {doc['matmul_tflops']:.0f} TFLOP/s. Command: `{doc['command']}`",
+        f"bf16 matmul rate {doc['matmul_tflops']:.0f} TFLOP/s. Command: `{doc['command']}`"),
         "",
-        "Useful FLOPs = 6 x linear weights x tokens + 4 x pairs x d_head x heads x layers x 3 "
+        ("Useful FLOPs = 6 x linear weights x tokens + 4 x pairs x d_head x heads x layers x 3 "
         "(forward + backward; pairs = what each head's pattern allows). Utilisation = useful "
-        "FLOP/s / measured matmul rate.",
+        "FLOP/s / measured matmul rate."),
         "",
     ]
     for p in doc["presets"]:
         lines += [
-            f"## {p['preset']}: {p['layers']} L, d {p['d_model']}, {p['heads']} heads, ctx "
-            f"{p['ctx']:,}, batch {p['batch']}, dropout {p['dropout']}",
+            (f"## {p['preset']}: {p['layers']} L, d {p['d_model']}, {p['heads']} heads, ctx "
+            f"{p['ctx']:,}, batch {p['batch']}, dropout {p['dropout']}"),
             "",
-            "| row | ms/step | ÷ compiled GPT | tokens/s | useful TFLOP/s | utilisation | peak GiB "
-            "| first step s |",
+            ("| row | ms/step | ÷ compiled GPT | tokens/s | useful TFLOP/s | utilisation | peak GiB "
+            "| first step s |"),
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         base = p.get("baseline_ms")
@@ -330,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             r = measure(row, mc, batch, args.device, args.steps, args.warmup, prof)
             if r["status"] == "ok":
                 r["useful_tflops"] = flops[pattern]["total"] / (r["step_ms"] / 1000) / 1e12
-                r["utilisation"] = r["useful_tflops"] / rate if rate == rate else float("nan")
+                r["utilisation"] = r["useful_tflops"] / rate
                 if row == "gpt-compiled":
                     entry["baseline_ms"] = r["step_ms"]
             entry["rows"].append(r)
