@@ -42,7 +42,9 @@ from memory import GIB, _write, env_info
 from torch import nn
 
 ROWS = ("gpt-compiled", "gpt-eager", "dense-eager", "dense-compiled", "fixed-eager",
-        "fixed-compiled", "strided-eager", "strided-compiled")  # fmt: skip
+        "fixed-compiled", "strided-eager", "strided-compiled", "dense-graphs", "fixed-graphs",
+        "strided-graphs")  # fmt: skip
+DEFAULT_ROWS = ROWS[:8]
 BATCH = {"enwik8": 2}  # per-GPU batch where it differs from the preset's (enwik8: 16 over 8 GPUs)
 
 
@@ -145,10 +147,14 @@ def build_row(row: str, mc, device: str):
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=device == "cuda")
     if how == "compiled":
         model = torch.compile(model) if name == "gpt" else apply_compile(model)
+    if how == "graphs":  # CUDA graphs: train.compile_mode=reduce-overhead
+        model = apply_compile(model, "reduce-overhead")
     return model, opt, params
 
 
 def step(model, opt, params, x, y, device: str) -> torch.Tensor:
+    if device == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(device, dtype=torch.bfloat16):
         logits = model(x)
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -176,25 +182,31 @@ def kernel_kind(name: str) -> str:
 
 
 def profile_step(model, opt, params, x, y, device: str) -> dict:
-    """GPU time of one step by kernel kind (ms), and the largest 'other' kernels."""
+    """One step under the profiler: GPU time by kernel kind (ms), the largest 'other' kernels,
+    the step's wall time against its GPU-busy time, and the host ops with the most own time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
         step(model, opt, params, x, y, device)
         torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
     split: dict[str, float] = {}
     other: dict[str, float] = {}
-    for ev in prof.key_averages():
-        ms = ev.device_time_total / 1000 if hasattr(ev, "device_time_total") else ev.cuda_time_total / 1000
-        if ms <= 0:
+    for ev in prof.events():
+        if ev.device_type != DeviceType.CUDA:
             continue
-        kind = kernel_kind(ev.key)
+        ms = ev.time_range.elapsed_us() / 1000
+        kind = kernel_kind(ev.name)
         split[kind] = split.get(kind, 0.0) + ms
         if kind == "other":
-            other[ev.key[:90]] = other.get(ev.key[:90], 0.0) + ms
+            other[ev.name[:90]] = other.get(ev.name[:90], 0.0) + ms
     top = sorted(other.items(), key=lambda kv: -kv[1])[:12]
+    host = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
     return {"ms": {k: round(v, 2) for k, v in split.items()}, "total_ms": round(sum(split.values()), 2),
-            "top_other": [[k, round(v, 3)] for k, v in top]}
+            "wall_ms": round(1000 * wall, 2), "top_other": [[k, round(v, 3)] for k, v in top],
+            "host_self_ms": [[e.key[:80], e.count, round(e.self_cpu_time_total / 1000, 3)] for e in host]}
 
 
 def measure(row: str, mc, batch: int, device: str, steps: int, warmup: int, prof: bool) -> dict:
@@ -287,7 +299,8 @@ def to_markdown(doc: dict) -> str:
             if "profile" in r:
                 pr = r["profile"]
                 parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(pr["ms"].items()))
-                lines += [f"Profile of one `{r['name']}` step: {pr['total_ms']:.1f} ms of GPU time: "
+                lines += [f"Profile of one `{r['name']}` step ({pr['wall_ms']:.1f} ms wall): "
+                          f"{pr['total_ms']:.1f} ms of GPU time: "
                           f"{parts} ms. Largest other kernels: "
                           + "; ".join(f"{k} {v:.2f}" for k, v in pr["top_other"][:6]), ""]
     return "\n".join(lines) + "\n"
@@ -297,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--presets", nargs="+", default=["enwik8", "table2-text", "table2-images"])
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    ap.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS)
     ap.add_argument("--batch", type=int, default=None, help="default: 2 for enwik8, else the preset's")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
@@ -325,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["useful_flops"] = flops
         for row in args.rows:
             pattern = row.split("-")[0].replace("gpt", "dense")
-            prof = args.profile and pi == 0 and row in ("fixed-compiled", "strided-compiled")
+            prof = args.profile and pi == 0 and row.split("-")[0] in ("fixed", "strided") and "eager" not in row
             r = measure(row, mc, batch, args.device, args.steps, args.warmup, prof)
             if r["status"] == "ok":
                 r["useful_tflops"] = flops[pattern]["total"] / (r["step_ms"] / 1000) / 1e12
@@ -340,7 +353,10 @@ def main(argv: list[str] | None = None) -> int:
                    if r["status"] == "ok" else f"{r['status']}: {r.get('error')}")  # fmt: skip
             print(f"{preset:<14} {row:<17} {msg}", flush=True)
             if "profile" in r:
-                print(f"   profile: {r['profile']['ms']} top other: {r['profile']['top_other'][:4]}", flush=True)
+                pr = r["profile"]
+                print(f"   profile: GPU {pr['ms']} = {pr['total_ms']} ms in a {pr['wall_ms']} ms step", flush=True)
+                print(f"   top other: {pr['top_other'][:5]}", flush=True)
+                print(f"   host self ms: {pr['host_self_ms'][:10]}", flush=True)
             _write(args.json, doc)
     _write(args.json, doc)
     if args.md:
