@@ -52,7 +52,7 @@ from .sources import Fetch, apt_download, fetch_or_path, read_deb_files
 from .store import (
     SPLITS,
     already_prepared,
-    begin_dataset,
+    building_dataset,
     file_params,
     find_files,
     finish_dataset,
@@ -151,9 +151,10 @@ def write_image_dataset(
     total: int | None = None,
 ) -> Path:
     """Write image splits; each iterable yields ``uint8`` arrays ``(n, H, W, C)``."""
-    begin_dataset(out_dir)
     records = {split: 0 for split in SPLITS}
-    with tqdm(total=total, unit="img", desc=f"writing {name}", disable=not progress) as bar:
+    with building_dataset(out_dir) as stage, tqdm(
+        total=total, unit="img", desc=f"writing {name}", disable=not progress
+    ) as bar:
 
         def checked(split: str) -> Iterator[np.ndarray]:
             for batch in splits[split]:
@@ -166,11 +167,11 @@ def write_image_dataset(
                 records[split] += len(batch)
                 bar.update(len(batch))
 
-        writers = write_splits(out_dir, {split: checked(split) for split in SPLITS})
-    finish_dataset(
-        out_dir, writers, name=name, kind="image", source=source, licence=licence,
-        params=params, image_shape=list(image_shape), records=records,
-    )  # fmt: skip
+        writers = write_splits(stage, {split: checked(split) for split in SPLITS})
+        finish_dataset(
+            stage, writers, name=name, kind="image", source=source, licence=licence,
+            params=params, image_shape=list(image_shape), records=records,
+        )  # fmt: skip
     return out_dir
 
 

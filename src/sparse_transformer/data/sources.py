@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -216,5 +217,5 @@ def read_zip_files(path: str | Path, select: Callable[[str], bool]) -> dict[str,
                 for info in zf.infolist()
                 if not info.is_dir() and select(info.filename)
             }
-    except (zipfile.BadZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
         raise ValueError(f"{path}: not a readable zip/wheel file ({e})") from e
