@@ -293,7 +293,7 @@ def lock_run_dir(run_dir: str | Path, *, enabled: bool = True) -> Iterator[Path]
     lock = run_dir / LOCK_FILE
     with exclusive_lock(
         lock, f"run directory {str(run_dir)!r}",
-        "another `train` is writing there: wait for it to finish, or choose another --out",
+        "wait for that `train` to finish, or choose another --out",
     ):  # fmt: skip
         try:
             yield run_dir
@@ -528,7 +528,7 @@ def locate_data_dir(cfg: Config, ckpt: str | Path, data_dir: str | None = None) 
     for i, cand in enumerate(dict.fromkeys(tried)):
         if (cand / name / "meta.json").is_file():
             if i:
-                log.info("dataset %r of this run found in %s", name, cand)
+                log.info("dataset %r of this run found in %s", name, cand.resolve())
             return str(cand)
     where = rec.get("dataset_dir") or str(configured / name)
     raise DataMovedError(

@@ -51,7 +51,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..locking import exclusive_lock, new_file_mode
+from ..locking import BusyError, exclusive_lock, new_file_mode
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -193,10 +193,15 @@ def load_meta(dataset_dir: str | Path) -> dict[str, Any]:
 def already_prepared(
     out_dir: str | Path, name: str, params: Mapping[str, Any], force: bool
 ) -> bool:
-    """True (and logged) when a preparer can skip its work: not forced and up to date."""
+    """True (and logged) when a preparer can skip its work: not forced and up to date. Leftovers
+    of a killed ``prepare`` of this dataset are removed either way (when no other is running)."""
     if not force and is_up_to_date(out_dir, name, params):
-        logger.info("%s is up to date; skipping (use --force, force=True in Python, to rebuild)",
-                    out_dir)
+        out_dir = Path(out_dir)
+        with contextlib.suppress(BusyError), _dataset_lock(out_dir):
+            _remove_leftovers(out_dir)
+        logger.info(
+            "%s is up to date; skipping (use --force, force=True in Python, to rebuild)", out_dir
+        )
         return True
     return False
 
@@ -243,10 +248,7 @@ def building_dataset(out_dir: str | Path) -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file; a dataset needs a folder of that name")
-    with exclusive_lock(
-        parent / f".{out_dir.name}.lock", f"dataset {str(out_dir)!r}",
-        "another `prepare` is building it: wait for it to finish",
-    ):  # fmt: skip
+    with _dataset_lock(out_dir):
         _remove_leftovers(out_dir)
         stage = parent / f".{out_dir.name}.partial-{os.getpid()}"
         stage.mkdir()
@@ -261,6 +263,13 @@ def building_dataset(out_dir: str | Path) -> Iterator[Path]:
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
+
+
+def _dataset_lock(out_dir: Path) -> contextlib.AbstractContextManager[None]:
+    return exclusive_lock(
+        out_dir.parent / f".{out_dir.name}.lock", f"dataset {str(out_dir)!r}",
+        "wait for that `prepare` to finish",
+    )  # fmt: skip
 
 
 def _remove_leftovers(out_dir: Path) -> None:
