@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import lzma
 import re
 import shlex
 import shutil
@@ -174,7 +175,7 @@ def iter_deb_files(path: str | Path) -> Iterator[tuple[str, tarfile.TarFile, tar
                     for info in tar:
                         if info.isfile():
                             yield info.name.removeprefix("./"), tar, info
-            except (tarfile.TarError, EOFError, OSError) as e:
+            except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
                 raise ValueError(f"{path}: cannot read {member}: {e}") from e
             return
     raise ValueError(f"{path}: no data.tar.* member in this .deb")
@@ -203,7 +204,10 @@ def read_deb_files(path: str | Path, select: Callable[[str], bool]) -> dict[str,
         if select(name):
             fobj = tar.extractfile(info)
             assert fobj is not None
-            out[name] = fobj.read()
+            try:
+                out[name] = fobj.read()
+            except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+                raise ValueError(f"{path}: cannot read {name} (damaged package?): {e}") from e
     return out
 
 

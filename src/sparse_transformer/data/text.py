@@ -253,7 +253,7 @@ def prepare_gcide(
         where = f"Debian {deb.name}: {GCIDE_MEMBER}"
     try:
         data = gzip.decompress(compressed)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{where}: not a readable gzip/dictzip file ({e})") from e
     return write_text_dataset(
         out_dir, io.BytesIO(data), len(data), name=name, source=where,
