@@ -87,11 +87,11 @@ def resolve_device(name: str) -> torch.device:
     if dev is None or dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N, mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} but CUDA is not available; use cpu or auto")
+        raise ValueError(f"device {name!r} needs CUDA, which is not available; use cpu or auto")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} but MPS is not available; use cpu or auto")
+        raise ValueError(f"device {name!r} needs MPS, which is not available; use cpu or auto")
     return dev
 
 
@@ -201,11 +201,16 @@ def _log_schedule_change(saved: Config | None, cfg: Config, step: int) -> None:
 
 
 class _Metrics:
+    """Appends events to ``path`` (opened at the first event: a run refused before its first
+    step leaves no file)."""
+
     def __init__(self, path: Path | None):
-        self.f = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
+        self.path, self.f = path, None
 
     def write(self, event: dict[str, Any]) -> None:
-        if self.f is not None:
+        if self.path is not None:
+            if self.f is None:
+                self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self.f.write(json.dumps(event) + "\n")
             self.f.flush()
 
