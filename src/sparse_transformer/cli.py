@@ -2,8 +2,10 @@
 
 The only module that prints. Library code logs through ``logging``; here the log records go to
 stderr (through tqdm, so they do not break progress bars), results go to stdout. User errors
-(bad flags, unknown presets or keys, missing data, damaged checkpoints) end with one line
-``error: ...`` on stderr and exit status 2, never a traceback.
+(bad flags, unknown presets or keys, missing data, damaged checkpoints or sources, a run directory
+another ``train`` holds) end with one line ``error: ...`` on stderr and exit status 2; failures
+while running (a full disk, a read-only folder, a diverged run, a failed download) with one line
+and exit status 1; never a traceback.
 
     sparse-transformer prepare shakespeare --data-dir data
     sparse-transformer train --preset shakespeare --out runs/shakespeare --model.n_layer=6
