@@ -404,14 +404,21 @@ def _write_error(e: Exception, run_dir: Path, name: str) -> CheckpointWriteError
     except OSError:
         free = None
     code = getattr(e, "errno", None)
-    last = latest_checkpoint(run_dir)
+    try:
+        last = latest_checkpoint(run_dir)
+    except OSError:
+        last = None
     keep = f"{last.name} stays the latest checkpoint" if last else "the run has no checkpoint yet"
-    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < 64 << 20):
-        what = f"the disk is full ({free / 2**20:.0f} MiB free)" if free is not None else reason
-        advice = "free some space, then continue the run with --resume"
-    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+    mib = "" if free is None else f"{free / 2**20:.0f} MiB free"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         what = f"{reason} (the folder is not writable)"
         advice = "make it writable or copy the run elsewhere, then continue with --resume"
+    elif code in (errno.ENOSPC, errno.EDQUOT):
+        what = f"{reason}{f' ({mib})' if mib else ''}"
+        advice = "free some space, then continue the run with --resume"
+    elif free is not None and free < 64 << 20:  # torch.save's RuntimeError carries no errno
+        what = f"the disk is full ({mib}; {reason})"
+        advice = "free some space, then continue the run with --resume"
     else:
         what = reason
         advice = "fix the cause, then continue the run with --resume"

@@ -60,6 +60,13 @@ def exclusive_lock(path: str | Path, what: str, advice: str) -> Iterator[None]:
 def new_file_mode() -> int:
     """The mode ``open()`` gives a new file under the current umask (usually 0o644). Writers that
     create files privately (``mkstemp``, safetensors: 0o600) set this before the rename."""
-    mask = os.umask(0o022)
+    try:  # Linux: read the umask without changing it
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore it
     os.umask(mask)
     return 0o666 & ~mask
