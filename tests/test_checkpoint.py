@@ -229,3 +229,80 @@ def test_sigkill_never_leaves_run_unloadable(tmp_path):
     assert C.load_trainer_state(run)["step"] == last_step + 2
     assert not any(p.name.endswith((".tmp", ".del")) for p in run.iterdir())
     assert _last_logged_step(run) == last_step + 2
+
+
+# --------------------------------------------------------------------------------------------
+# Write failures, file modes, data.json, readers racing a trainer (issue 17)
+# --------------------------------------------------------------------------------------------
+
+
+def test_failed_write_leaves_no_tmp_and_keeps_latest(tmp_path, monkeypatch):
+    import errno
+
+    cfg = small_cfg()
+    model, ts = trained_state(cfg, steps=1)
+    C.save_checkpoint(tmp_path, 1, cfg, model.state_dict(), ts)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C.torch, "save", full)
+    with pytest.raises(C.CheckpointWriteError) as e:
+        C.save_checkpoint(tmp_path, 2, cfg, model.state_dict(), ts)
+    print(e.value)
+    assert e.value.errno == errno.ENOSPC and "\n" not in str(e.value)
+    assert "ckpt-000001 stays the latest checkpoint" in str(e.value)
+    assert "free some space, then continue the run with --resume" in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000001", "latest"]
+    assert C.latest_checkpoint(tmp_path).name == "ckpt-000001"
+
+
+def test_every_file_gets_the_umask_mode(tmp_path):
+    from sparse_transformer.locking import new_file_mode
+
+    cfg = small_cfg()
+    model, ts = trained_state(cfg, steps=1)
+    d = C.save_checkpoint(tmp_path, 1, cfg, model.state_dict(), ts, data={"kind": "text"})
+    modes = {p.name: p.stat().st_mode & 0o777 for p in d.iterdir()}
+    print(modes)
+    assert set(modes) == {"config.json", "data.json", "model.safetensors", "trainer.pt"}
+    assert set(modes.values()) == {new_file_mode()}
+
+
+def test_data_record_and_old_checkpoints(tmp_path):
+    cfg = small_cfg(**{"data.data_dir": "data"})
+    model, ts = trained_state(cfg, steps=1)
+    meta = {"name": "corpus", "kind": "audio", "sample_rate": 8000, "encoding": "mu-law-8",
+            "splits": {"train": 9}, "params": {"path": "/somewhere"}, "files": ["a.wav"]}  # fmt: skip
+    run = tmp_path / "runs" / "a"
+    rec = C.data_record(meta, tmp_path / "data" / "corpus", run)
+    assert rec["dataset_dir_from_run"] == "../../data/corpus" and "params" not in rec
+    d = C.save_checkpoint(run, 1, cfg, model.state_dict(), ts, data=rec)
+    assert C.load_data_record(run) == rec
+    with pytest.raises(C.DataMovedError, match="pass --data-dir DIR"):
+        C.locate_data_dir(cfg, d)
+    (tmp_path / "data" / "corpus").mkdir(parents=True)
+    (tmp_path / "data" / "corpus" / "meta.json").write_text("{}")
+    assert Path(C.locate_data_dir(cfg, d)).resolve() == (tmp_path / "data").resolve()
+    assert C.locate_data_dir(cfg, d, "elsewhere") == "elsewhere"  # --data-dir wins
+    # an old checkpoint: no data.json, data_dir relative to where `train` ran (a parent here)
+    (d / "data.json").unlink()
+    assert C.load_data_record(d) is None
+    assert Path(C.locate_data_dir(cfg, d)).resolve() == (tmp_path / "data").resolve()
+    sparse_transformer.load_model(run)  # still loads
+
+
+def test_reader_takes_the_new_latest_when_its_checkpoint_is_pruned(tmp_path, monkeypatch):
+    cfg = small_cfg()
+    model, ts = trained_state(cfg, steps=1)
+    C.save_checkpoint(tmp_path, 1, cfg, model.state_dict(), ts)
+    real = C.resolve_checkpoint
+    calls = []
+
+    def racing(path):  # the first pick is pruned by a trainer before it is read
+        calls.append(path)
+        return tmp_path / "ckpt-000000" if len(calls) == 1 else real(path)
+
+    monkeypatch.setattr(C, "resolve_checkpoint", racing)
+    m = C.load_model(tmp_path)
+    assert m.checkpoint_dir.name == "ckpt-000001" and len(calls) > 1

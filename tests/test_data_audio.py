@@ -159,3 +159,13 @@ def test_write_wav_validates(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sample_rate"):
         write_wav(np.zeros(3, np.uint8), 0, tmp_path / "a.wav")
     assert not (tmp_path / "a.wav").exists()
+
+
+def test_audio_of_empty_wavs_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "wavs"
+    folder.mkdir()
+    for k in range(4):
+        (folder / f"{k}.wav").write_bytes(wav_bytes(np.zeros(0, np.float32), 8000))
+    with pytest.raises(ValueError, match=r"no data to train on \(0 bytes after parsing\)"):
+        prepare("audio", tmp_path / "data", path=folder, progress=False)
+    assert not (tmp_path / "data" / "audio").exists()

@@ -257,3 +257,29 @@ def test_png_grid_layout(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="uint8 images"):
         write_png_grid(np.zeros((1, 2, 2, 3), np.float32), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def _flip_bytes(p: Path, n: int = 64) -> None:
+    b = bytearray(p.read_bytes())
+    for i in range(len(b) // 3, min(len(b), len(b) // 3 + n)):
+        b[i] ^= 0x5A
+    p.write_bytes(bytes(b))
+
+
+def test_corrupted_packages_and_archives_are_refused(tmp_path: Path) -> None:
+    """Issue 17: corrupted compressed data (xz in a .deb, deflate in an npz) is a one-line
+    ValueError naming the file, and no dataset appears."""
+    (tmp_path / "f").mkdir()
+    deb, _, _ = make_fashion_deb(tmp_path / "f")
+    _flip_bytes(deb)
+    with pytest.raises(ValueError, match="damaged package"):
+        prepare("fashion-mnist", tmp_path / "data", path=deb, progress=False)
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train_data_batch_1.npz", 20), ("val_data.npz", 6)):
+        np.savez_compressed(folder / name, data=rng.integers(0, 256, (n, 192), dtype=np.uint8))
+        _flip_bytes(folder / name)
+    with pytest.raises(ValueError, match="val_data.npz"):
+        prepare("imagenet64", tmp_path / "data", path=folder, progress=False)
+    assert not (tmp_path / "data").exists()  # refused before anything was written

@@ -204,3 +204,68 @@ def test_text_split_is_contiguous(tmp_path: Path) -> None:
     assert (d / "train.bin").read_bytes() == data[:901]
     assert (d / "val.bin").read_bytes() == data[901:951]
     assert (d / "test.bin").read_bytes() == data[951:]
+
+
+def test_damaged_sources_are_refused_and_leave_nothing(tmp_path: Path) -> None:
+    """Issue 17: a truncated or corrupted enwik8 zip and an empty file never become datasets."""
+    z = make_enwik8_zip(tmp_path, n=50_000)
+    raw = z.read_bytes()
+    (tmp_path / "trunc.zip").write_bytes(raw[: len(raw) // 2])
+    bad = bytearray(raw)
+    for i in range(100, 140):
+        bad[i] ^= 0x5A
+    (tmp_path / "corrupt.zip").write_bytes(bytes(bad))
+    data = tmp_path / "data"
+    for name in ("trunc.zip", "corrupt.zip"):
+        with pytest.raises(ValueError, match="damaged or truncated zip") as e:
+            prepare("enwik8", data, path=tmp_path / name, progress=False)
+        print(e.value)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no data to train on \(0 bytes"):
+        prepare("text", data, path=tmp_path / "empty.txt", progress=False)
+    assert [p.name for p in data.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_failed_rebuild_keeps_the_old_dataset(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A prepare that fails (or is killed) leaves the previous dataset as it was; the next
+    prepare removes the killed run's leftovers and says so."""
+    import logging
+
+    src = make_text_file(tmp_path, n=5000)
+    d = prepare("text", tmp_path / "data", path=src, progress=False)
+    before = read_splits(d)
+    from sparse_transformer.data import store
+
+    real = store.SplitWriter.write
+
+    def full_disk(self, data):
+        if self.split == "val":
+            raise OSError(28, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(store.SplitWriter, "write", full_disk)
+    src.write_bytes(text_bytes(6000, seed=3))
+    with pytest.raises(OSError, match="No space"):
+        prepare("text", tmp_path / "data", path=src, progress=False)
+    monkeypatch.undo()
+    assert read_splits(d) == before and load_meta(d)["splits"]["train"] == 4500
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".corpus.lock", "corpus"]
+    # what a kill -9 leaves: a staging folder and (older versions) hidden temp split files
+    (tmp_path / "data" / ".corpus.partial-1").mkdir()
+    (tmp_path / "data" / ".corpus.partial-1" / "train.bin").write_bytes(b"x" * 1000)
+    (d / ".train.bin.abc.tmp").write_bytes(b"y" * 500)
+    with caplog.at_level(logging.INFO, logger="sparse_transformer"):
+        prepare("text", tmp_path / "data", path=src, progress=False)
+    assert "removed 2 leftover(s) of an interrupted prepare" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".corpus.lock", "corpus"]
+    assert sorted(p.name for p in d.iterdir()) == ["meta.json", "test.bin", "train.bin", "val.bin"]
+    assert load_meta(d)["splits"]["train"] == 5400
+
+
+def test_two_prepares_of_one_dataset(tmp_path: Path) -> None:
+    from sparse_transformer.data.store import building_dataset
+    from sparse_transformer.locking import BusyError
+
+    src = make_text_file(tmp_path)
+    with building_dataset(tmp_path / "data" / "corpus"), pytest.raises(BusyError, match="prepare"):
+        prepare("text", tmp_path / "data", path=src, progress=False)

@@ -149,3 +149,27 @@ def test_gradient_accumulation_matches_full_batch(data_dir, tmp_path):
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     print("max |full - accumulated| =", diff)
     assert diff < 1e-5
+
+
+def test_one_trainer_per_run_directory(data_dir, tmp_path):
+    from sparse_transformer.locking import BusyError
+
+    cfg = tiny(data_dir, **{"train.max_steps": 2, "train.eval_interval": 0})
+    with C.lock_run_dir(tmp_path / "run"), pytest.raises(BusyError, match="is in use"):
+        train(cfg, tmp_path / "run", progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a run directory"):
+        train(cfg, tmp_path / "afile", progress=False)
+
+
+def test_resume_with_another_max_steps_says_what_the_schedule_does(data_dir, tmp_path, caplog):
+    cfg = tiny(data_dir, **{"train.max_steps": 10, "train.eval_interval": 0})
+    train(cfg, tmp_path / "run", progress=False)
+    more = apply_overrides(cfg, {"train.max_steps": 20})
+    with caplog.at_level(logging.INFO, logger="sparse_transformer"):
+        train(more, tmp_path / "run", progress=False, resume=True)
+    msg = [r.getMessage() for r in caplog.records if "schedule changed" in r.getMessage()]
+    print(msg)
+    assert len(msg) == 1
+    assert f"to {lr_at(11, more.train):.2e} at step 11" in msg[0] and "0 at step 20" in msg[0]
+    assert f"from {lr_at(10, cfg.train):.2e} at step 10" in msg[0]

@@ -2,8 +2,10 @@
 
 The only module that prints. Library code logs through ``logging``; here the log records go to
 stderr (through tqdm, so they do not break progress bars), results go to stdout. User errors
-(bad flags, unknown presets or keys, missing data, damaged checkpoints) end with one line
-``error: ...`` on stderr and exit status 2, never a traceback.
+(bad flags, unknown presets or keys, missing data, damaged checkpoints or sources, a run directory
+another ``train`` holds) end with one line ``error: ...`` on stderr and exit status 2; failures
+while running (a full disk, a read-only folder, a diverged run, a failed download) with one line
+and exit status 1; never a traceback.
 
     sparse-transformer prepare shakespeare --data-dir data
     sparse-transformer train --preset shakespeare --out runs/shakespeare --model.n_layer=6
@@ -136,7 +138,7 @@ def cmd_prepare(args: argparse.Namespace, extras: list[str]) -> int:
 
     options = _parse_options(args.name, extras)
     # An absolute data directory: downloads run with their own working directory.
-    data_dir = Path(args.data_dir).expanduser().resolve()
+    data_dir = _folder_arg("--data-dir", args.data_dir).resolve()
     out = prepare(
         args.name, data_dir, path=args.path, progress=not args.no_progress,
         force=args.force, **options,
@@ -155,7 +157,7 @@ def cmd_train(args: argparse.Namespace, extras: list[str]) -> int:
     from .config import apply_overrides, get_preset
     from .train import train
 
-    out = Path(args.out)
+    out = _folder_arg("--out", args.out, what="a run directory")
     ckpt = C.latest_checkpoint(out) if args.resume else None
     preset = get_preset(args.preset) if args.preset else None
     if ckpt is not None:
@@ -169,13 +171,21 @@ def cmd_train(args: argparse.Namespace, extras: list[str]) -> int:
         )
     overrides: list[Any] = []
     if args.data_dir is not None:
-        overrides.append(("data.data_dir", args.data_dir))
+        overrides.append(("data.data_dir", str(_folder_arg("--data-dir", args.data_dir))))
     if args.dataset is not None:
         overrides.append(("data.dataset", args.dataset))
     from .config import parse_override_args
 
     overrides += parse_override_args(extras)
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    if ckpt is not None and args.data_dir is None and not any(
+        k in ("data.data_dir", "data.dataset") for k, _ in overrides
+    ):  # the run's data, wherever `train` runs from
+        cfg = apply_overrides(cfg, {"data.data_dir": C.locate_data_dir(cfg, ckpt)})
+    # An absolute data directory in the checkpoints: eval and sample work from any folder.
+    cfg = apply_overrides(
+        cfg, {"data.data_dir": str(Path(cfg.data.data_dir).expanduser().resolve())}
+    )
     result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
     if args.json:
         _out(json.dumps(result))
@@ -202,7 +212,10 @@ def _load(checkpoint: str, device: str):
 
 
 def _open_run(args: argparse.Namespace, extras: list[str]):
-    """(model, config) of ``--checkpoint`` for eval/sample; no extra arguments allowed."""
+    """(model, config) of ``--checkpoint`` for eval/sample; no extra arguments allowed. The
+    config's ``data.data_dir`` points at the run's dataset wherever we run from
+    (:func:`~sparse_transformer.checkpoint.locate_data_dir`), unless it cannot be found (then
+    ``--data-dir`` or the stored one, and reading the data fails with a clear message)."""
     if extras:
         raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
     model = _load(args.checkpoint, args.device)
@@ -210,11 +223,18 @@ def _open_run(args: argparse.Namespace, extras: list[str]):
 
 
 def _run_config(model, data_dir: str | None):
+    from .checkpoint import DataMovedError, locate_data_dir
     from .config import apply_overrides
 
     cfg = model.run_config
     if data_dir is not None:
-        cfg = apply_overrides(cfg, {"data.data_dir": data_dir})
+        data_dir = str(_folder_arg("--data-dir", data_dir))
+    try:
+        found = locate_data_dir(cfg, model.checkpoint_dir, data_dir)
+    except DataMovedError as e:
+        model.data_error = e  # raised when the data is needed (eval, --complete)
+    else:
+        cfg = apply_overrides(cfg, {"data.data_dir": found})
     if cfg.train.threads:  # the run's CPU thread count (small models sample faster on one)
         import torch
 
@@ -222,12 +242,42 @@ def _run_config(model, data_dir: str | None):
     return cfg
 
 
-def cmd_eval(args: argparse.Namespace, extras: list[str]) -> int:
-    from .evaluate import evaluate
+def _open_data(model, cfg, split: str):
+    """The ``split`` of the run's dataset (DataMovedError when it could not be found)."""
     from .train import open_dataset
 
+    err = getattr(model, "data_error", None)
+    if err is not None:
+        raise err
+    ds = open_dataset(cfg, split)
+    rec = _data_record(model)
+    if rec is not None:
+        for key in ("splits", "sha256"):
+            if key in rec and ds.meta.get(key, {}).get(split) != rec[key].get(split):
+                log.warning(
+                    "the %s split in %s differs from the one this run was trained with (%s); "
+                    "the dataset was prepared again from another source or with other options",
+                    split, ds.dir, key,
+                )  # fmt: skip
+                break
+    return ds
+
+
+def _data_record(model) -> dict[str, Any] | None:
+    from .checkpoint import load_data_record
+
+    if not hasattr(model, "data_record"):
+        model.data_record = load_data_record(model.checkpoint_dir)
+    return model.data_record
+
+
+def cmd_eval(args: argparse.Namespace, extras: list[str]) -> int:
+    from .evaluate import evaluate
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, cfg = _open_run(args, extras)
-    ds = open_dataset(cfg, args.split)
+    ds = _open_data(model, cfg, args.split)
     r = evaluate(
         model, ds, min_context=args.min_context, batch_size=args.batch_size,
         progress=not args.no_progress,
@@ -290,7 +340,7 @@ SAMPLE_OUTPUTS: dict[str, Callable[[list[bytes], Path | None, dict[str, Any]], l
 
 
 def _dataset_meta(cfg) -> dict[str, Any]:
-    """The run's ``meta.json``; without the prepared dataset, an image model (3-D
+    """The prepared dataset's ``meta.json``; without it, an image model (3-D
     ``model.data_shape`` covering ctx) still gets its image shape, anything else counts as text."""
     import math
 
@@ -306,16 +356,63 @@ def _dataset_meta(cfg) -> dict[str, Any]:
         return {"kind": "text", "name": cfg.data.dataset}
 
 
+def _run_meta(model, cfg) -> dict[str, Any]:
+    """What the run was trained on: the checkpoint's ``data.json``; for checkpoints written
+    before it, the prepared dataset's ``meta.json`` (said in the log), else a guess (warned)."""
+    from .data import load_meta
+    from .train import dataset_dir
+
+    rec = _data_record(model)
+    if rec is not None:
+        return rec
+    try:
+        meta = load_meta(dataset_dir(cfg))
+    except (ValueError, OSError):
+        meta = _dataset_meta(cfg)
+        log.warning(
+            "%s has no data.json (written by an older version) and dataset %r is not found: "
+            "treating the model as %s; pass --data-dir DIR (the folder holding %s/) if it is not",
+            model.checkpoint_dir, cfg.data.dataset, meta["kind"], cfg.data.dataset,
+        )  # fmt: skip
+        return meta
+    log.info(
+        "%s has no data.json (written by an older version): data kind %r read from %s",
+        model.checkpoint_dir, meta.get("kind"), dataset_dir(cfg),
+    )  # fmt: skip
+    return meta
+
+
 def _unit(meta: dict[str, Any]) -> str:
     return "bits/dim" if meta.get("kind") == "image" else "bits/byte"
 
 
 def _sample_out_dir(args: argparse.Namespace, model) -> Path:
     """``--out``, or ``samples/`` in the run directory (image and audio files need a folder)."""
-    if args.out:
+    if args.out is not None:
         return Path(args.out)
     ckpt = Path(model.checkpoint_dir)
     return ckpt.parent / "samples" if ckpt.name.startswith("ckpt-") else ckpt / "samples"
+
+
+def _sample_out_arg(args: argparse.Namespace) -> Path | None:
+    """``--out`` checked before any sampling: a folder (created now) we can write into."""
+    if args.out is None:
+        return None
+    out = _folder_arg("--out", args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {str(out)!r} is not writable; choose another folder")
+    return out
+
+
+def _folder_arg(flag: str, value: str, what: str = "a folder") -> Path:
+    """The folder a command-line flag names: not empty, not an existing file."""
+    if not value.strip():
+        raise UsageError(f"{flag} must name {what}, got an empty string")
+    p = Path(value).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {value!r} is a file; it must name {what}")
+    return p
 
 
 def _sample_images(args, model, cfg, meta, num, temperature, gen, stats) -> tuple[list[Path], str]:
@@ -347,10 +444,8 @@ def _sample_images(args, model, cfg, meta, num, temperature, gen, stats) -> tupl
         )  # fmt: skip
         paths = SAMPLE_OUTPUTS["image"]([im.tobytes() for im in imgs], out_dir, meta)
         return paths, f"{num} images of {size} bytes"
-    from .train import open_dataset
-
     n = args.complete
-    ds = open_dataset(cfg, "test")
+    ds = _open_data(model, cfg, "test")
     if not 1 <= n <= (ds.n_records or 0):
         raise UsageError(f"--complete must be in 1..{ds.n_records} (test images), got {n}")
     seed = cfg.sample.seed if args.seed is None else args.seed
@@ -419,8 +514,9 @@ def _generate(model, idx, length: int, **kw: Any):
 def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
     import torch
 
+    out_dir = _sample_out_arg(args)
     model, cfg = _open_run(args, extras)
-    meta = _dataset_meta(cfg)
+    meta = _run_meta(model, cfg)
     kind = meta.get("kind", "text")
     if args.complete is not None and kind != "image":
         raise UsageError(f"--complete is for image models; this model was trained on {kind}")
@@ -433,6 +529,9 @@ def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
         raise UsageError(f"--num must be >= 1, got {num}")
     device = next(model.parameters()).device
     if kind in ("image", "audio"):
+        if out_dir is None:  # samples/ in the run directory: checked before sampling too
+            args.out = str(_sample_out_dir(args, model))
+            _sample_out_arg(args)
         gen = torch.Generator(device=device).manual_seed(seed)
         stats: dict[str, Any] = {}
         run = _sample_images if kind == "image" else _sample_audio
@@ -458,7 +557,7 @@ def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
         progress=not args.no_progress, stats=stats,
     )  # fmt: skip
     samples = [bytes(row.tolist()) for row in out.cpu()]
-    paths = writer(samples, Path(args.out) if args.out else None, meta)
+    paths = writer(samples, out_dir, meta)
     for p in paths:
         print(f"wrote {p}", file=sys.stderr)
     print(
@@ -479,6 +578,8 @@ def cmd_patterns(args: argparse.Namespace, extras: list[str]) -> int:
 
     if extras:
         raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
+    if not args.out.strip() or Path(args.out).is_dir():
+        raise UsageError(f"--out must name an image file (.png/.svg/.pdf), got {args.out!r}")
     path = pattern_figure(
         args.pattern, args.stride, args.c, args.n, Path(args.out), query=args.query,
         mode=args.mode,
@@ -535,14 +636,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("eval", help="bits per byte on a split", allow_abbrev=False)
+    sp = sub.add_parser(
+        "eval", help="bits per byte on a split", allow_abbrev=False,
+        description="Bits per byte (bits per dim for images) of a trained model over a whole "
+        "split of its dataset, every byte scored once. Works from any folder: the dataset is "
+        "found where the run was trained (or pass --data-dir).",
+    )  # fmt: skip
     sp.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
     sp.add_argument("--split", default="val", choices=["val", "test", "train"])
     sp.add_argument("--min-context", type=int, default=0, help="score only tokens with >= M "
                     "context; windows advance by ctx - M (paper Table 3)")  # fmt: skip
     sp.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     sp.add_argument("--data-dir", default=None, help="where datasets live (default: the run's)")
-    sp.add_argument("--device", default="auto")
+    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     common(sp)
     sp.set_defaults(func=cmd_eval)
@@ -567,12 +673,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="images: complete N real test images from their top half")  # fmt: skip
     sp.add_argument("--out", default=None, help="write the samples into this folder")
     sp.add_argument("--data-dir", default=None, help="where datasets live (default: the run's)")
-    sp.add_argument("--device", default="auto")
+    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     common(sp)
     sp.set_defaults(func=cmd_sample)
 
-    sp = sub.add_parser("patterns", help="draw an attention pattern (paper Fig. 3)",
-                        allow_abbrev=False)  # fmt: skip
+    sp = sub.add_parser(
+        "patterns", help="draw an attention pattern (paper Fig. 3)", allow_abbrev=False,
+        description="Draw a sparse attention pattern: each head and the merged head, on top the "
+        "receptive field of one query on a grid of width = stride (the paper's Figure 3), below "
+        "the connectivity matrix of the first --n positions.",
+    )  # fmt: skip
     sp.add_argument("--pattern", required=True, help="dense | local | strided | fixed")
     sp.add_argument("--stride", type=int, required=True, help="l")
     sp.add_argument("--c", type=int, default=None, help="fixed: summary width")
@@ -585,26 +695,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    return (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError)
+    from .locking import BusyError
+
+    return (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, BusyError)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _os_error_message(e: OSError, command: str | None) -> str:
+    """One line for a failure to read or write a file, with what to do about it."""
+    import errno
+
+    from .checkpoint import CheckpointWriteError
+
+    if isinstance(e, CheckpointWriteError) or not e.strerror:
+        return _one_line(e)
+    where = f" {e.filename}" if e.filename else ""
+    again = {"train": "continue the run with --resume", "prepare": "run prepare again"}.get(
+        command or "", "run the command again"
+    )
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = f"free some space, then {again}"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        flag = {"train": "--out", "prepare": "--data-dir", "sample": "--out"}.get(command or "")
+        advice = "choose a folder you can write to" + (f" ({flag})" if flag else "")
+    elif e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        advice = "a file or folder of that name is in the way; choose another path"
+    else:
+        advice = again
+    return f"cannot access{where}: {e.strerror}; {advice}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sparse-transformer`` and ``python -m sparse_transformer``."""
+    """Entry point of ``sparse-transformer`` and ``python -m sparse_transformer``.
+
+    Exit status: 0 success, 2 bad input (flags, files, a busy run directory), 1 a failure while
+    running (a full disk, a read-only folder, a diverged run, a failed download), 130
+    interrupted; every failure is one ``error: ...`` line on stderr.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
     try:
         parser = build_parser()
         args, extras = parser.parse_known_args(argv)
+        command = args.command
         setup_logging(-1 if args.quiet else args.verbose)
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
         return int(args.func(args, extras) or 0)
     except _user_errors() as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # a diverged run (non-finite loss)
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only folder ...
+        print(f"error: {_os_error_message(e, command)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -613,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .data import FetchError
 
         if isinstance(e, FetchError):
-            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            print(f"error: {_one_line(e)}", file=sys.stderr)
             return 1
         raise
 

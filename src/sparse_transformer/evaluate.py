@@ -97,6 +97,8 @@ def evaluate(
         raise TypeError(f"min_context must be an integer, got {min_context!r}")
     if not 0 <= min_context < ctx:
         raise ValueError(f"min_context must be in 0..{ctx - 1} (ctx={ctx}), got {min_context}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     device = _device(model)
     n_windows = -(-len(dataset.eval_windows(ctx, min_context)[rank::world_size]) // batch_size)
     was_training = model.training

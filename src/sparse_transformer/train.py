@@ -82,9 +82,18 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; anything else as given (checked)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N, mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available; use cpu or auto")
+        raise ValueError(f"device {name!r} needs CUDA, which is not available; use cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} needs MPS, which is not available; use cpu or auto")
     return dev
 
 
@@ -161,26 +170,54 @@ def open_dataset(cfg: Config, split: str):
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep only complete events up to ``step`` (a killed run may have written more)."""
+    """Keep only complete events up to ``step``, the step training starts from (a killed run may
+    have written more: after its last checkpoint, or before its first one, ``step`` 0)."""
     if not path.is_file():
         return
-    keep = []
+    keep, dropped = [], 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             ev = json.loads(line)
         except json.JSONDecodeError:
+            dropped += bool(line.strip())
             continue
-        if isinstance(ev, dict) and int(ev.get("step", 0)) <= step:
+        at = ev.get("step", 0) if isinstance(ev, dict) else None
+        if isinstance(at, int) and at <= step:
             keep.append(json.dumps(ev))
-    C.atomic_write(path, "".join(k + "\n" for k in keep))
+        else:
+            dropped += 1
+    if dropped:
+        log.info("%s: dropped %d event(s) past step %d (from a killed run)", path, dropped, step)
+        C.atomic_write(path, "".join(k + "\n" for k in keep))
+
+
+def _log_schedule_change(saved: Config | None, cfg: Config, step: int) -> None:
+    """Say what a resume with another max_steps / warmup / lr does to the learning rate."""
+    if saved is None or step >= cfg.train.max_steps:
+        return
+    old, new = saved.train, cfg.train
+    if (old.max_steps, old.warmup, old.lr) == (new.max_steps, new.warmup, new.lr):
+        return
+    log.warning(
+        "schedule changed on resume (train.max_steps %d -> %d): the warm-up + cosine schedule is "
+        "recomputed for %d steps, so the learning rate goes from %.2e at step %d to %.2e at "
+        "step %d and decays to 0 at step %d",
+        old.max_steps, new.max_steps, new.max_steps, lr_at(step, old) if step else 0.0, step,
+        lr_at(step + 1, new), step + 1, new.max_steps,
+    )  # fmt: skip
 
 
 class _Metrics:
+    """Appends events to ``path`` (opened at the first event: a run refused before its first
+    step leaves no file)."""
+
     def __init__(self, path: Path | None):
-        self.f = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
+        self.path, self.f = path, None
 
     def write(self, event: dict[str, Any]) -> None:
-        if self.f is not None:
+        if self.path is not None:
+            if self.f is None:
+                self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self.f.write(json.dumps(event) + "\n")
             self.f.flush()
 
@@ -253,7 +290,8 @@ def train(
     try:
         if t.threads:
             torch.set_num_threads(t.threads)
-        return _train(cfg, out_dir, info, resume=resume, progress=progress, stop_at=stop_at)
+        with C.lock_run_dir(out_dir, enabled=info.is_main):  # one trainer per run directory
+            return _train(cfg, out_dir, info, resume=resume, progress=progress, stop_at=stop_at)
     finally:
         torch.set_num_threads(threads)
         if created_group and info.enabled:
@@ -291,8 +329,10 @@ def _train(
             "continue it or choose another --out"
         )
     resumed: tuple[dict, dict] | None = None
+    saved_cfg = None
     if ckpt is not None:  # read (and check) everything before starting
-        _check_resume_config(C.load_config(ckpt), cfg, ckpt)
+        saved_cfg = C.load_config(ckpt)
+        _check_resume_config(saved_cfg, cfg, ckpt)
         resumed = C.load_model_state(ckpt), C.load_trainer_state(ckpt)
         C.check_state_matches(_shape_probe(cfg), resumed[0], str(ckpt))
 
@@ -321,8 +361,9 @@ def _train(
             scaler.load_state_dict(ts["scaler"])
         step, best = int(ts["step"]), ts.get("best_val_bpb")
         log.info("resumed from %s at step %d", ckpt, step)
-        if main:
-            _truncate_metrics(out_dir / METRICS_FILE, step)
+        _log_schedule_change(saved_cfg, cfg, step)
+    if main:  # events a killed run logged after its last checkpoint (or before its first)
+        _truncate_metrics(out_dir / METRICS_FILE, step)
     if info.rank:  # distinct dropout masks per rank; rank 0 keeps the single-process stream
         torch.manual_seed(t.seed + 7919 * info.rank + step)
 
@@ -384,8 +425,9 @@ def _train(
                 "world_size": info.world_size,
             }
             path = C.save_checkpoint(
-                out_dir, step, cfg, model_state, ts, val_bpb=val_bpb, keep_last=t.keep_last
-            )
+                out_dir, step, cfg, model_state, ts, val_bpb=val_bpb, keep_last=t.keep_last,
+                data=C.data_record(train_ds.meta, train_ds.dir, out_dir),
+            )  # fmt: skip
             if val_bpb is not None and (best is None or val_bpb < best):
                 best = val_bpb
         D.barrier()

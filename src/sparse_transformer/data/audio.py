@@ -36,7 +36,7 @@ from .sources import Fetch, apt_download, fetch_or_path, read_deb_files
 from .store import (
     SPLITS,
     already_prepared,
-    begin_dataset,
+    building_dataset,
     find_files,
     finish_dataset,
     path_params,
@@ -218,24 +218,26 @@ def write_audio_dataset(
         raise ValueError(f"{source}: no WAV files found")
     if sample_rate < 1:
         raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
-    begin_dataset(out_dir)
     by_file = len(files) >= 3
     assignment = pick_split_items(len(files)) if by_file else {"train": list(range(len(files)))}
     split_files: dict[str, list[str]] = {s: [] for s in SPLITS}
     bar = tqdm(total=len(files), unit="file", desc=f"encoding {name}", disable=not progress)
+    empty: list[str] = []
 
     def encoded(indices: list[int], split: str) -> Iterator[np.ndarray]:
         for i in indices:
             fname, src = files[i]
             q, rate = _encode_file(src, fname, sample_rate, normalize)
             logger.debug("%s: %d Hz -> %d Hz, %d samples", fname, rate, sample_rate, len(q))
+            if not len(q):
+                empty.append(fname)
             split_files[split].append(fname)
             bar.update(1)
             yield q
 
-    with bar:
+    with building_dataset(out_dir) as stage, bar:
         if by_file:
-            writers = write_splits(out_dir, {s: encoded(assignment[s], s) for s in SPLITS})
+            writers = write_splits(stage, {s: encoded(assignment[s], s) for s in SPLITS})
         else:
             allq = np.concatenate(list(encoded(assignment["train"], "train")))
             sizes = split_sizes(len(allq))
@@ -246,12 +248,17 @@ def write_audio_dataset(
                 "val": allq[n_train : n_train + n_val],
                 "test": allq[n_train + n_val :],
             }
-            writers = write_splits(out_dir, {s: [parts[s]] for s in SPLITS})
-    finish_dataset(
-        out_dir, writers, name=name, kind="audio", source=source, licence=licence,
-        params=params, sample_rate=sample_rate, encoding=ENCODING, channels=1,
-        split_by="files" if by_file else "bytes", files=split_files,
-    )  # fmt: skip
+            writers = write_splits(stage, {s: [parts[s]] for s in SPLITS})
+        if empty:
+            logger.warning(
+                "%d of %d WAV file(s) hold no samples (0 frames): %s%s",
+                len(empty), len(files), ", ".join(empty[:5]), " ..." if len(empty) > 5 else "",
+            )  # fmt: skip
+        finish_dataset(
+            stage, writers, name=name, kind="audio", source=source, licence=licence,
+            params=params, sample_rate=sample_rate, encoding=ENCODING, channels=1,
+            split_by="files" if by_file else "bytes", files=split_files,
+        )  # fmt: skip
     return out_dir
 
 

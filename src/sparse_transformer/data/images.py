@@ -36,10 +36,12 @@ import gzip
 import hashlib
 import io
 import logging
+import lzma
 import re
 import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from .sources import Fetch, apt_download, fetch_or_path, read_deb_files
 from .store import (
     SPLITS,
     already_prepared,
-    begin_dataset,
+    building_dataset,
     file_params,
     find_files,
     finish_dataset,
@@ -101,7 +103,7 @@ def read_idx(source: bytes | str | Path, *, name: str | None = None) -> np.ndarr
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{name}: corrupt gzip stream ({e})") from e
     if len(raw) < 4 or raw[:2] != b"\x00\x00":
         raise ValueError(f"{name}: not an IDX file (bad magic {raw[:4].hex() or 'empty'})")
@@ -151,9 +153,10 @@ def write_image_dataset(
     total: int | None = None,
 ) -> Path:
     """Write image splits; each iterable yields ``uint8`` arrays ``(n, H, W, C)``."""
-    begin_dataset(out_dir)
     records = {split: 0 for split in SPLITS}
-    with tqdm(total=total, unit="img", desc=f"writing {name}", disable=not progress) as bar:
+    with building_dataset(out_dir) as stage, tqdm(
+        total=total, unit="img", desc=f"writing {name}", disable=not progress
+    ) as bar:
 
         def checked(split: str) -> Iterator[np.ndarray]:
             for batch in splits[split]:
@@ -166,11 +169,11 @@ def write_image_dataset(
                 records[split] += len(batch)
                 bar.update(len(batch))
 
-        writers = write_splits(out_dir, {split: checked(split) for split in SPLITS})
-    finish_dataset(
-        out_dir, writers, name=name, kind="image", source=source, licence=licence,
-        params=params, image_shape=list(image_shape), records=records,
-    )  # fmt: skip
+        writers = write_splits(stage, {split: checked(split) for split in SPLITS})
+        finish_dataset(
+            stage, writers, name=name, kind="image", source=source, licence=licence,
+            params=params, image_shape=list(image_shape), records=records,
+        )  # fmt: skip
     return out_dir
 
 
@@ -331,7 +334,7 @@ def _cifar_members(src: Path) -> dict[str, bytes]:
                         fobj = tar.extractfile(info)
                         assert fobj is not None
                         found[base] = fobj.read()
-        except (tarfile.TarError, EOFError, OSError) as e:
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
             raise ValueError(f"{src}: not a readable tar archive ({e})") from e
     missing = sorted(wanted - set(found))
     if missing:
@@ -379,7 +382,7 @@ def prepare_cifar10(
 def _load_npz_rows(path: Path) -> np.ndarray:
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
         raise ValueError(f"{path}: not a readable npz file ({e})") from e
     if not isinstance(z, np.lib.npyio.NpzFile):
         msg = f"{path}: expected an .npz archive, got a single .npy array"
@@ -389,7 +392,7 @@ def _load_npz_rows(path: Path) -> np.ndarray:
             raise ValueError(f"{path}: no 'data' array (keys: {', '.join(z.files)})")
         try:
             data = z["data"]
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
             raise ValueError(f"{path}: corrupt 'data' array ({e})") from e
     if data.dtype != np.uint8 or data.ndim != 2:
         raise ValueError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3*S*S)")

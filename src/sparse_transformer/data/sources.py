@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import lzma
 import re
 import shlex
 import shutil
@@ -21,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -173,7 +175,7 @@ def iter_deb_files(path: str | Path) -> Iterator[tuple[str, tarfile.TarFile, tar
                     for info in tar:
                         if info.isfile():
                             yield info.name.removeprefix("./"), tar, info
-            except (tarfile.TarError, EOFError, OSError) as e:
+            except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
                 raise ValueError(f"{path}: cannot read {member}: {e}") from e
             return
     raise ValueError(f"{path}: no data.tar.* member in this .deb")
@@ -202,7 +204,10 @@ def read_deb_files(path: str | Path, select: Callable[[str], bool]) -> dict[str,
         if select(name):
             fobj = tar.extractfile(info)
             assert fobj is not None
-            out[name] = fobj.read()
+            try:
+                out[name] = fobj.read()
+            except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+                raise ValueError(f"{path}: cannot read {name} (damaged package?): {e}") from e
     return out
 
 
@@ -216,5 +221,5 @@ def read_zip_files(path: str | Path, select: Callable[[str], bool]) -> dict[str,
                 for info in zf.infolist()
                 if not info.is_dir() and select(info.filename)
             }
-    except (zipfile.BadZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
         raise ValueError(f"{path}: not a readable zip/wheel file ({e})") from e

@@ -9,7 +9,12 @@ A prepared dataset is a directory holding
   ``image_shape`` ``[H, W, C]`` (images) or ``sample_rate`` and ``encoding`` (audio).
 
 Every file is written atomically (temporary file + rename), and ``meta.json`` is written last, so a
-directory with a ``meta.json`` is always complete.
+directory with a ``meta.json`` is always complete. The preparers build a dataset in a hidden sibling
+folder ``.<name>.partial-<pid>`` and move it into place only once every split parsed and was
+written (:func:`building_dataset`): a damaged source, a full disk or a kill leaves the previous
+dataset (if any) untouched and nothing half-written under the dataset's name. Leftovers of a
+killed ``prepare`` are removed (and logged) by the next ``prepare`` of the same dataset, which
+holds a lock (``.<name>.lock``) so that two never build the same dataset at once.
 
 Windows and targets
 -------------------
@@ -37,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -44,6 +50,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from ..locking import BusyError, exclusive_lock, new_file_mode
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -64,6 +72,7 @@ __all__ = [
     "already_prepared",
     "atomic_write_bytes",
     "begin_dataset",
+    "building_dataset",
     "finish_dataset",
     "is_up_to_date",
     "load_meta",
@@ -87,6 +96,7 @@ def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -183,9 +193,15 @@ def load_meta(dataset_dir: str | Path) -> dict[str, Any]:
 def already_prepared(
     out_dir: str | Path, name: str, params: Mapping[str, Any], force: bool
 ) -> bool:
-    """True (and logged) when a preparer can skip its work: not forced and up to date."""
+    """True (and logged) when a preparer can skip its work: not forced and up to date. Leftovers
+    of a killed ``prepare`` of this dataset are removed either way (when no other is running)."""
     if not force and is_up_to_date(out_dir, name, params):
-        logger.info("%s is up to date; skipping (use force=True to rebuild)", out_dir)
+        out_dir = Path(out_dir)
+        with contextlib.suppress(BusyError), _dataset_lock(out_dir):
+            _remove_leftovers(out_dir)
+        logger.info(
+            "%s is up to date; skipping (use --force, force=True in Python, to rebuild)", out_dir
+        )
         return True
     return False
 
@@ -217,6 +233,67 @@ def begin_dataset(out_dir: str | Path) -> Path:
     return out_dir
 
 
+@contextlib.contextmanager
+def building_dataset(out_dir: str | Path) -> Iterator[Path]:
+    """Build the dataset ``out_dir`` in a hidden sibling folder and publish it on success.
+
+    Yields the folder to write the splits and ``meta.json`` into (with :func:`write_splits` and
+    :func:`finish_dataset`). When the block ends without an exception the new files replace
+    ``out_dir``'s (``meta.json`` last); on an exception the folder is removed and ``out_dir`` is
+    left as it was. Holds the dataset's lock (:class:`~sparse_transformer.locking.BusyError` when
+    another ``prepare`` builds it) and first removes what killed runs left behind.
+    """
+    out_dir = Path(out_dir)
+    parent = out_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file; a dataset needs a folder of that name")
+    with _dataset_lock(out_dir):
+        _remove_leftovers(out_dir)
+        stage = parent / f".{out_dir.name}.partial-{os.getpid()}"
+        stage.mkdir()
+        try:
+            yield stage
+            out_dir.mkdir(exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                (out_dir / META_FILE).unlink()  # the old files stop being a dataset first
+            for f in sorted(stage.iterdir(), key=lambda f: f.name == META_FILE):
+                os.replace(f, out_dir / f.name)
+            stage.rmdir()
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+
+def _dataset_lock(out_dir: Path) -> contextlib.AbstractContextManager[None]:
+    return exclusive_lock(
+        out_dir.parent / f".{out_dir.name}.lock", f"dataset {str(out_dir)!r}",
+        "wait for that `prepare` to finish",
+    )  # fmt: skip
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Delete the staging folders and temporary split files a killed ``prepare`` of ``out_dir``
+    left (caller holds the dataset's lock), saying how much was freed."""
+    found = list(out_dir.parent.glob(f".{out_dir.name}.partial-*"))
+    if out_dir.is_dir():  # temporary files of older versions, written inside the dataset
+        found += [p for p in out_dir.glob(".*.tmp") if p.is_file()]
+    if not found:
+        return
+    size = 0
+    for p in found:
+        if p.is_dir():
+            size += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            size += p.stat().st_size
+            p.unlink(missing_ok=True)
+    logger.info(
+        "removed %d leftover(s) of an interrupted prepare of %s (%.1f MB)",
+        len(found), out_dir, size / 1e6,
+    )  # fmt: skip
+
+
 def finish_dataset(
     out_dir: str | Path,
     writers: Mapping[str, SplitWriter],
@@ -233,6 +310,13 @@ def finish_dataset(
         raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     if set(writers) != set(SPLITS):
         raise ValueError(f"need writers for splits {SPLITS}, got {sorted(writers)}")
+    if writers["train"].n_bytes == 0:
+        total = sum(w.n_bytes for w in writers.values())
+        raise ValueError(
+            f"{source}: no data to train on ("
+            + ("0 bytes after parsing" if total == 0 else "the train split is empty")
+            + "); nothing was prepared. Check the source: is it empty, or are its files empty?"
+        )
     meta: dict[str, Any] = {
         "name": name,
         "kind": kind,
@@ -249,10 +333,17 @@ def finish_dataset(
         "prepared %s (%s) in %s: %s",
         name,
         kind,
-        out_dir,
+        _public_name(Path(out_dir)),
         ", ".join(f"{s} {n:,} B" for s, n in meta["splits"].items()),
     )
     return meta
+
+
+def _public_name(d: Path) -> Path:
+    """``data/name`` for the staging folder ``data/.name.partial-PID`` of a build."""
+    if d.name.startswith(".") and ".partial-" in d.name:
+        return d.parent / d.name[1:].rsplit(".partial-", 1)[0]
+    return d
 
 
 def _jsonable(obj: Any) -> Any:
@@ -287,7 +378,7 @@ class ByteDataset:
         if not path.is_file() or path.stat().st_size != n:
             raise ValueError(
                 f"{path} is missing or its size differs from meta.json ({n:,} B); "
-                "prepare the dataset again with force=True"
+                "prepare the dataset again with --force"
             )
         # np.memmap cannot map an empty file.
         self.data: np.ndarray = (

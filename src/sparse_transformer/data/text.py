@@ -19,6 +19,7 @@ import gzip
 import io
 import logging
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -37,7 +38,7 @@ from .sources import (
 from .store import (
     SPLITS,
     already_prepared,
-    begin_dataset,
+    building_dataset,
     file_params,
     finish_dataset,
     path_params,
@@ -78,8 +79,7 @@ def write_text_dataset(
 ) -> Path:
     """Copy ``n_bytes`` from ``stream`` into contiguous 90/5/5 train/val/test splits."""
     sizes = split_sizes(n_bytes)
-    begin_dataset(out_dir)
-    with tqdm(
+    with building_dataset(out_dir) as stage, tqdm(
         total=n_bytes, unit="B", unit_scale=True, desc=f"writing {name}", disable=not progress
     ) as bar:
 
@@ -93,11 +93,11 @@ def write_text_dataset(
                 left -= len(chunk)
                 bar.update(len(chunk))
 
-        writers = write_splits(out_dir, {split: chunks(split) for split in SPLITS})
-    finish_dataset(
-        out_dir, writers, name=name, kind=kind, source=source, licence=licence, params=params,
-        **extra,
-    )  # fmt: skip
+        writers = write_splits(stage, {split: chunks(split) for split in SPLITS})
+        finish_dataset(
+            stage, writers, name=name, kind=kind, source=source, licence=licence, params=params,
+            **extra,
+        )  # fmt: skip
     return out_dir
 
 
@@ -174,23 +174,29 @@ def prepare_enwik8(
     if already_prepared(out_dir, name, params, force):
         return out_dir
     licence = "Wikipedia text (CC BY-SA / GFDL), via the Hutter Prize enwik8 file"
-    if zipfile.is_zipfile(src):
-        with zipfile.ZipFile(src) as zf:
-            members = [i for i in zf.infolist() if not i.is_dir()]
-            named = [i for i in members if Path(i.filename).name in ("enwik8", "text8")]
-            if len(named) != 1 and len(members) != 1:
-                raise ValueError(
-                    f"{src}: expected one member named 'enwik8' (or 'text8'), found "
-                    f"{[i.filename for i in members][:10]}"
-                )
-            info = named[0] if len(named) == 1 else members[0]
-            _warn_length(src, info.file_size)
-            with zf.open(info) as f:
-                return write_text_dataset(
-                    out_dir, f, info.file_size, name=name,
-                    source=f"{src.resolve()}:{info.filename}",
-                    licence=licence, params=params, progress=progress,
-                )  # fmt: skip
+    if src.is_file() and _starts_like_zip(src):
+        try:
+            with zipfile.ZipFile(src) as zf:
+                members = [i for i in zf.infolist() if not i.is_dir()]
+                named = [i for i in members if Path(i.filename).name in ("enwik8", "text8")]
+                if len(named) != 1 and len(members) != 1:
+                    raise ValueError(
+                        f"{src}: expected one member named 'enwik8' (or 'text8'), found "
+                        f"{[i.filename for i in members][:10]}"
+                    )
+                info = named[0] if len(named) == 1 else members[0]
+                _warn_length(src, info.file_size)
+                with zf.open(info) as f:
+                    return write_text_dataset(
+                        out_dir, f, info.file_size, name=name,
+                        source=f"{src.resolve()}:{info.filename}",
+                        licence=licence, params=params, progress=progress,
+                    )  # fmt: skip
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+            raise ValueError(
+                f"{src}: a damaged or truncated zip ({e}); download enwik8.zip again "
+                "(100,000,000 bytes unzipped) and check its size"
+            ) from None
     if not src.is_file():
         raise ValueError(f"dataset 'enwik8': --path {str(src)!r} is neither a zip nor a file")
     _warn_length(src, src.stat().st_size)
@@ -199,6 +205,13 @@ def prepare_enwik8(
             out_dir, f, src.stat().st_size, name=name, source=str(src.resolve()),
             licence=licence, params=params, progress=progress,
         )  # fmt: skip
+
+
+def _starts_like_zip(path: Path) -> bool:
+    """True for a file that starts with a zip signature (readable or not: a truncated zip has
+    no central directory, so :func:`zipfile.is_zipfile` says False)."""
+    with open(path, "rb") as f:
+        return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 
 
 def _warn_length(src: Path, n: int) -> None:
@@ -240,7 +253,7 @@ def prepare_gcide(
         where = f"Debian {deb.name}: {GCIDE_MEMBER}"
     try:
         data = gzip.decompress(compressed)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{where}: not a readable gzip/dictzip file ({e})") from e
     return write_text_dataset(
         out_dir, io.BytesIO(data), len(data), name=name, source=where,
