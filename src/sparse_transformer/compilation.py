@@ -23,7 +23,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COMPILE", "COMPILE_MODES", "apply_compile", "should_compile"]
+__all__ = ["COMPILE", "COMPILE_MODES", "apply_compile", "should_compile", "uses_cuda_graphs"]
 
 COMPILE = ("auto", "true", "false")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -36,6 +36,11 @@ def should_compile(setting: str, device: torch.device | str) -> bool:
     if setting == "auto":
         return torch.device(device).type == "cuda"
     return setting == "true"
+
+
+def uses_cuda_graphs(mode: str) -> bool:
+    """Whether a compile mode captures CUDA graphs (the trainer then marks each step's start)."""
+    return mode in ("reduce-overhead", "max-autotune")
 
 
 def apply_compile(model: nn.Module, mode: str = "default") -> nn.Module:

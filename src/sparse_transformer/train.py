@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as C
 from . import distributed as D
-from .compilation import apply_compile, should_compile
+from .compilation import apply_compile, should_compile, uses_cuda_graphs
 from .config import Config, config_to_dict
 from .evaluate import bits_per_byte, estimate_loss, evaluate
 from .model import SparseTransformer
@@ -435,6 +435,7 @@ def _train(
 
     model.train()
     compiled, first_step = should_compile(t.compile, device), step
+    graphs = compiled and uses_cuda_graphs(t.compile_mode)
     t_start = time.perf_counter()
     last: dict[str, Any] = {"train_loss": None}
     acc_loss, acc_steps, t_interval = 0.0, 0, time.perf_counter()
@@ -444,6 +445,8 @@ def _train(
     )
     try:
         while step < end:
+            if graphs:  # CUDA-graph replays of the last step may be overwritten from here on
+                torch.compiler.cudagraph_mark_step_begin()
             lr = lr_at(step + 1, t)
             for g in opt.param_groups:
                 g["lr"] = lr
