@@ -31,6 +31,6 @@ echo "reproduce rc=$?"
 grep -E "^(probe|=== |dense |fixed |strided |[0-9]+ updates)|Error|error" "$OUT/reproduce-$HALF-log.txt" | tail -30
 cat "$OUT/reproduce-$HALF.md" 2>/dev/null
 if [ "${MODEL:-0}" = 1 ]; then
-  timeout -k 10 "${MODEL_LIMIT:-150}" $PY benchmarks/model.py --patterns dense dense-triton fixed strided \
-    --steps 4 --batch 2 --json "$OUT/model.json" --md "$OUT/model.md" 2>&1 | grep -v "^W1" | tail -12
+  timeout -k 10 "${MODEL_LIMIT:-300}" $PY benchmarks/model.py --presets enwik8 \
+    --steps 5 --json "$OUT/model.json" --md "$OUT/model.md" 2>&1 | grep -v "^W1" | tail -12
 fi
