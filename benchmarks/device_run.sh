@@ -38,13 +38,13 @@ part() {  # part NAME SECONDS CMD...
 if [ "${SMOKE:-0}" = 1 ]; then
   DEV="--device cpu"
   PRESETS="tiny-cpu"
-  MODEL_ARGS="--ctx 256 --layers 2 --steps 1 --batch 1"
+  MODEL_ARGS="--presets tiny-cpu --steps 1 --warmup 1 --rows gpt-eager fixed-eager"
   SCALE_ARGS="--preset tiny-cpu --steps 3 --skip 1 --per-gpu-batch 2 -- --model.ctx=32"
   SWEEP_ARGS="--sizes 256 1024 --small 2,2,32 --dense-max 1024 --materialized-max 256"
 else
   DEV="--device cuda"
   PRESETS="audio-1m audio-65k audio-262k"
-  MODEL_ARGS="--steps 4 --batch 2"
+  MODEL_ARGS="--presets enwik8 --steps 4"
   SCALE_ARGS="--preset enwik8 --steps 8 --skip 3 --per-gpu-batch 2 --timeout 75"
   SWEEP_ARGS="--sizes 4096 16384 65536 262144 --small 4,4,256 --steps 2"
 fi
