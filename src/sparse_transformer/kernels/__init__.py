@@ -258,6 +258,7 @@ class _Route:
             return
         if name == "triton" and len({p.block for p in head_plans}) == 1:
             self.tables = tables = mod.kernel_tables(head_plans, device)
+            self.statics = (tables.fwd_tables.fwd_static, tables.bwd_tables.bwd_static)  # built now
             self._fwd = lambda q, k, v, scale: mod.forward_tables(q, k, v, tables, scale)
             self._bwd = lambda q, k, v, o, lse, do, scale: mod.backward_tables(q, k, v, o, lse, do, tables, scale)
             self.groups = None
@@ -328,6 +329,23 @@ def _route(backend: str, pattern, heads: int, n: int, device: torch.device) -> _
         return hit
     if len(_ROUTES) >= _MAX_ROUTES:
         _ROUTES.clear()
-    route = _Route(backend, pattern, heads, n, device)
+    if device.type == "cuda":
+        route = _off_current_stream(lambda: _Route(backend, pattern, heads, n, device), device)
+    else:
+        route = _Route(backend, pattern, heads, n, device)
     _ROUTES[key] = route
     return route
+
+
+def _off_current_stream(build, device: torch.device):
+    """``build()`` on a side stream, so that the tensors a route keeps (plans, kernel tables) come
+    from the ordinary allocator even when the first call happens inside the warm-up of a CUDA-graph
+    tree (``torch.compile`` mode ``reduce-overhead``), whose private pool takes every allocation of
+    the current stream and refuses tensors that outlive the graph."""
+    main = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        out = build()
+    main.wait_stream(side)
+    return out
