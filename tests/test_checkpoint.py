@@ -74,6 +74,25 @@ def test_round_trip(tmp_path):
             assert torch.equal(model(x), loaded(x))
 
 
+def test_checkpoint_from_before_zero_logits_loads(tmp_path):
+    """A config.json written before ``model.zero_logits`` existed (issue 20) still loads: the key
+    takes its default, and the stored weights (W_out included) are used as they are."""
+    cfg = small_cfg()
+    model, ts = trained_state(cfg)
+    d = C.save_checkpoint(tmp_path / "run", 2, cfg, model.state_dict(), ts)
+    raw = json.loads((d / "config.json").read_text())
+    del raw["model"]["zero_logits"]
+    (d / "config.json").write_text(json.dumps(raw))
+    assert C.load_config(d).model.zero_logits is False
+    loaded = sparse_transformer.load_model(tmp_path / "run")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    x = torch.randint(0, 256, (2, 32))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
 def test_rng_state_round_trip():
     g = torch.Generator().manual_seed(3)
     state = C.get_rng_state(g)

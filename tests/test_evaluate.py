@@ -65,14 +65,15 @@ def test_min_context_procedure_by_hand(tmp_path):
 
 
 def test_untrained_model_is_uniform_8_bits(tmp_path):
-    """Zero-initialised logits: exactly 8 bits per byte on every target of the split."""
+    """The zero W_out option (``zero_logits``): exactly 8 bits per byte on every target."""
     rng = np.random.default_rng(0)
     ds = ByteDataset(
         make_dataset(tmp_path, rng.integers(0, 256, 300, dtype=np.uint8).tobytes()), "val"
     )
     cfg = ModelConfig(
-        ctx=32, n_layer=1, n_head=2, d_model=16, pattern="strided", stride=8, backend="torch"
-    )
+        ctx=32, n_layer=1, n_head=2, d_model=16, pattern="strided", stride=8, backend="torch",
+        zero_logits=True,
+    )  # fmt: skip
     model = SparseTransformer(cfg)
     for m in (0, 5, 31):
         r = evaluate(model, ds, min_context=m, batch_size=4, progress=False)

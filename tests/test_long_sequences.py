@@ -55,7 +55,7 @@ def test_recompute_gives_the_same_gradients_with_dropout(ff_chunk, monkeypatch):
     )  # fmt: skip
     torch.manual_seed(0)
     plain = SparseTransformer(cfg)
-    torch.nn.init.normal_(plain.lm_head.weight, std=0.05)  # zero at init: no block gradients
+    torch.nn.init.normal_(plain.lm_head.weight, std=0.05)  # larger gradients than 0.02
     recomputed = SparseTransformer(cfg)
     recomputed.load_state_dict(plain.state_dict())
     apply_recompute(recomputed)

@@ -75,16 +75,11 @@ def test_backends_agree():
     torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=1e-5)
 
 
-def test_init_uniform_prediction_and_statistics():
+def test_init_statistics_and_default_output_layer():
+    """The paper's standard deviations; W_out drawn N(0, 0.02) by default (issue 20)."""
     cfg = small(n_layer=4, d_model=64, n_head=4)
     torch.manual_seed(0)
     m = SparseTransformer(cfg)
-    x = torch.randint(0, 256, (4, 64))
-    logits = m(x)
-    assert torch.count_nonzero(logits) == 0
-    y = torch.randint(0, 256, (4, 64))
-    loss = F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
-    assert abs(loss.item() - math.log(256)) < 1e-6
     d, N = cfg.d_model, cfg.n_layer
     b = m.blocks[1]
 
@@ -100,9 +95,42 @@ def test_init_uniform_prediction_and_statistics():
     assert (
         torch.count_nonzero(b.attn.in_proj.bias) == 0 and torch.count_nonzero(b.mlp.proj.bias) == 0
     )
-    # Gradients reach every parameter except... none: W_out is zero but still gets a gradient.
+    w = m.lm_head.weight
+    print(f"W_out: std {std(w):.4f}, mean {w.mean().item():.5f}, zeros {int((w == 0).sum())}")
+    assert torch.count_nonzero(w) == w.numel()
+    assert std(w) == pytest.approx(0.02, rel=0.05) and abs(w.mean().item()) < 2e-3
+    # Logits depend on the input from the start (std 0.02 * sqrt(d): the final LayerNorm's
+    # output has unit variance), and every parameter gets a gradient at once.
+    x = torch.randint(0, 256, (4, 64))
+    logits = m(x)
+    print(f"logits std {logits.std().item():.4f} (0.02 * sqrt(d) = {0.02 * math.sqrt(d):.4f})")
+    assert logits.std().item() == pytest.approx(0.02 * math.sqrt(d), rel=0.2)
+    F.cross_entropy(logits.reshape(-1, 256), x.reshape(-1)).backward()
+    for n, p in m.named_parameters():
+        assert p.grad.abs().sum() > 0, n
+
+
+def test_zero_logits_option_uniform_prediction():
+    """``zero_logits=True``: the authors' zero W_out, a uniform first prediction (loss ln 256);
+    W_out still gets a gradient, but no weight below it does on the first update."""
+    torch.manual_seed(0)
+    m = SparseTransformer(small(n_layer=4, d_model=64, n_head=4, zero_logits=True))
+    x = torch.randint(0, 256, (4, 64))
+    logits = m(x)
+    assert torch.count_nonzero(logits) == 0
+    y = torch.randint(0, 256, (4, 64))
+    loss = F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
+    assert abs(loss.item() - math.log(256)) < 1e-6
     loss.backward()
     assert m.lm_head.weight.grad.abs().sum() > 0
+    below = [n for n, p in m.named_parameters() if n != "lm_head.weight"]
+    assert all(torch.count_nonzero(m.get_parameter(n).grad) == 0 for n in below)
+    # The rest of the initialisation is the same as the default's (same seed, same draws).
+    torch.manual_seed(0)
+    default = SparseTransformer(small(n_layer=4, d_model=64, n_head=4))
+    for (n, a), (_, b) in zip(m.named_parameters(), default.named_parameters()):
+        if n != "lm_head.weight":
+            assert torch.equal(a, b), n
 
 
 def test_gpt2_init():
@@ -113,7 +141,9 @@ def test_gpt2_init():
     assert b.attn.in_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert b.mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.05)
     assert m.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert torch.count_nonzero(m.lm_head.weight) == 0
+    assert m.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    zero = SparseTransformer(small(n_layer=4, d_model=64, n_head=4, init="gpt2", zero_logits=True))
+    assert torch.count_nonzero(zero.lm_head.weight) == 0
     with pytest.raises(ValueError, match="model.init"):
         small(init="xavier")
 
@@ -256,13 +286,18 @@ def test_autocast_bf16_forward_backward():
 
 def test_meta_device_construction_then_init():
     """FSDP-style: build on the meta device, materialise, then initialise."""
-    cfg = small()
+    cfg = small(zero_logits=True)
     with torch.device("meta"):
         m = SparseTransformer(cfg)
     m.to_empty(device="cpu")
     m.init_weights()
     assert torch.count_nonzero(m(torch.randint(0, 256, (1, 20)))) == 0
     assert m.blocks[0].ln1.weight.eq(1).all()
+    with torch.device("meta"):
+        m = SparseTransformer(small())
+    m.to_empty(device="cpu")
+    m.init_weights()
+    assert m.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.05)
 
 
 @pytest.mark.gpu
