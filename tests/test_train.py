@@ -148,7 +148,10 @@ def test_gradient_accumulation_matches_full_batch(data_dir, tmp_path):
     a, b = _params(tmp_path / "full"), _params(tmp_path / "micro")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     print("max |full - accumulated| =", diff)
-    assert diff < 1e-5
+    # Summing two half-batch losses reorders float32 sums (~1e-7 relative in the gradients); Adam
+    # divides by sqrt(v), so on near-zero gradient elements this grows towards lr (3e-3) per
+    # update. Since W_out starts non-zero, every weight gets a gradient from update 1: 3.5e-5 seen.
+    assert diff < 2e-4
 
 
 def test_one_trainer_per_run_directory(data_dir, tmp_path):
