@@ -96,14 +96,12 @@ class GPT(nn.Module):
 
 def useful_flops(mc, batch: int, pattern: str) -> dict:
     """Useful FLOPs of one training step (forward + backward) of ``mc`` with ``pattern``."""
-    from sparse_transformer.attention import layer_patterns
-
     n, d, H = mc.ctx, mc.d_model, mc.n_head
     per_layer = d * (2 * mc.qk_width + d) + d * d + 2 * d * mc.ffn_width
     matmul = 6 * (mc.n_layer * per_layer + d * mc.vocab_size) * batch * n
     cfg = replace(mc, pattern=pattern)
     pairs = 0
-    for heads in layer_patterns(cfg):
+    for heads in cfg.layer_patterns():
         for p in heads:
             pairs += n * (n + 1) // 2 if pattern == "dense" else p.plan(n, 64).pairs()
     attention = 4 * pairs * (d // H) * 3 * batch  # pairs summed over heads and layers

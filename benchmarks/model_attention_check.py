@@ -10,7 +10,6 @@ and of dq, dk, dv against the torch backend in fp32 (itself tested against the f
 
 import torch
 
-from sparse_transformer.attention import layer_patterns
 from sparse_transformer.kernels import sparse_attention
 from sparse_transformer.kernels import triton_attention as TA
 from sparse_transformer.model import ModelConfig
@@ -29,7 +28,7 @@ def main() -> None:
     for n, B in ((8192, 8), (8192, 1), (2048, 8)):
         cfg = ModelConfig(ctx=n, n_layer=1, n_head=4, d_model=256, pattern="fixed", stride=128,
                           c=32, mode="merged")  # fmt: skip
-        pats = layer_patterns(cfg)[0]
+        pats = cfg.layer_patterns()[0]
         ref = run(n, B, "torch", torch.float32, pats)
         for direct in (True, False):
             TA.DIRECT_LAUNCH = direct

@@ -7,7 +7,7 @@ import torch
 from model_cases import small_config
 
 from sparse_transformer import patterns as P
-from sparse_transformer.attention import SparseSelfAttention, layer_patterns
+from sparse_transformer.attention import SparseSelfAttention
 
 
 def cfg(**kw):
@@ -15,41 +15,41 @@ def cfg(**kw):
 
 
 def test_interleaved_cycles_components():
-    t = layer_patterns(cfg(pattern="strided", mode="interleaved", n_layer=5))
+    t = cfg(pattern="strided", mode="interleaved", n_layer=5).layer_patterns()
     assert [row[0] for row in t] == [P.local(8), P.strided(8)] * 2 + [P.local(8)]
     assert all(len(set(row)) == 1 and len(row) == 4 for row in t)
-    t = layer_patterns(cfg(pattern="fixed", mode="interleaved", head_offsets=False))
+    t = cfg(pattern="fixed", mode="interleaved", head_offsets=False).layer_patterns()
     assert [row[0] for row in t] == [P.block(8), P.summary(8, 2)] * 2
 
 
 def test_interleaved_explicit_layers_cycle():
-    t = layer_patterns(cfg(mode="interleaved", layers="local, local,local,strided", n_layer=6))
+    t = cfg(mode="interleaved", layers="local, local,local,strided", n_layer=6).layer_patterns()
     assert [row[0] for row in t] == [P.local(8)] * 3 + [P.strided(8)] + [P.local(8)] * 2
-    t = layer_patterns(cfg(mode="interleaved", layers="dense,block", n_layer=2))
+    t = cfg(mode="interleaved", layers="dense,block", n_layer=2).layer_patterns()
     assert [row[0] for row in t] == [P.dense(), P.block(8)]
 
 
 def test_merged_is_union_and_head_offsets():
-    t = layer_patterns(cfg(pattern="strided", mode="merged"))
+    t = cfg(pattern="strided", mode="merged").layer_patterns()
     assert all(hp == P.union(P.local(8), P.strided(8)) for row in t for hp in row)
-    t = layer_patterns(cfg(pattern="fixed", mode="merged", n_head=8, d_model=64))
+    t = cfg(pattern="fixed", mode="merged", n_head=8, d_model=64).layer_patterns()
     # stride 8, c 2: four distinct summary sub-blocks, head h reads sub-block h mod 4.
     assert t[0] == [P.union(P.block(8), P.summary(8, 2, h % 4)) for h in range(8)]
-    t = layer_patterns(cfg(pattern="fixed", mode="merged", head_offsets=False))
+    t = cfg(pattern="fixed", mode="merged", head_offsets=False).layer_patterns()
     assert all(hp == P.union(P.block(8), P.summary(8, 2)) for hp in t[0])
 
 
 def test_multihead_splits_heads_evenly():
-    t = layer_patterns(cfg(pattern="strided", mode="multihead", n_head=4))
+    t = cfg(pattern="strided", mode="multihead", n_head=4).layer_patterns()
     assert t[0] == [P.local(8), P.local(8), P.strided(8), P.strided(8)]
-    t = layer_patterns(cfg(pattern="fixed", mode="multihead", n_head=4))
+    t = cfg(pattern="fixed", mode="multihead", n_head=4).layer_patterns()
     assert t[0] == [P.block(8), P.block(8), P.summary(8, 2, 0), P.summary(8, 2, 1)]
-    t = layer_patterns(cfg(pattern="dense", mode="multihead", n_head=2, d_model=16))
+    t = cfg(pattern="dense", mode="multihead", n_head=2, d_model=16).layer_patterns()
     assert t[0] == [P.dense(), P.dense()]
 
 
 def test_patterns_interned_across_layers():
-    t = layer_patterns(cfg(pattern="fixed", mode="merged", n_layer=3))
+    t = cfg(pattern="fixed", mode="merged", n_layer=3).layer_patterns()
     for r in range(1, 3):
         for h in range(4):
             assert t[r][h] is t[0][h]  # one object: plans cached on it are shared

@@ -1,36 +1,18 @@
-"""Causal sparse self-attention as an ``nn.Module`` (spec sections 1, 4 and 5.1).
+"""Causal sparse self-attention as an ``nn.Module`` (spec sections 1 and 5.1).
 
-Two things live here:
+:class:`SparseSelfAttention`: projections, head split, the call to
+:func:`~sparse_transformer.kernels.keyed_attention` (one registered operator under
+``torch.compile``), head merge and the output projection W_p. The q/k width is ``qk_width`` (half
+of d with ``half_size``); values and W_p stay d -> d (spec section 5.1). When all heads share a
+pattern the kernel gets that one pattern (its fast path); otherwise one pattern per head.
 
-* :func:`layer_patterns`: which pattern each head of each layer attends with, from a
-  :class:`~sparse_transformer.model.ModelConfig` (spec section 4):
-
-  - ``interleaved``: layer r uses component ``r mod p`` of the named pattern (p = 2 for strided and
-    fixed), or ``cfg.layers``, an explicit comma list cycled over the layers (``"local,local,local,
-    strided"`` is the authors' 3:1 CIFAR stack); every head of a layer shares the pattern;
-  - ``merged``: every head attends to the union of the components (the paper's EnWik8 model);
-  - ``multihead``: the heads are split into p contiguous groups, group m attending component m.
-
-  With ``cfg.head_offsets`` every ``summary`` component reads a per-head c-wide sub-block: head h
-  (counted within the heads that read a summary in that layer) gets offset ``h mod (stride // c)``,
-  so different heads summarise different parts of each block (paper section 4.3: "distinct
-  sub-blocks ... better than the same sub-block").
-
-* :class:`SparseSelfAttention`: projections, head split, the call to
-  :func:`~sparse_transformer.kernels.keyed_attention` (one registered operator under
-  ``torch.compile``), head merge and the output projection W_p.
-  The q/k width is ``qk_width`` (half of d with ``half_size``); values and W_p stay d -> d
-  (spec section 5.1). When all heads share a pattern the kernel gets that one pattern (its fast
-  path); otherwise one pattern per head.
-
-Equal patterns are interned (one object per distinct pattern in the whole model), so the block
-plans the kernels cache on a pattern are built once and shared by every layer that uses it.
+Which pattern each head of each layer attends with is decided by
+:func:`~sparse_transformer.patterns.layer_patterns` (spec section 4), next to the patterns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -38,102 +20,10 @@ from torch import nn
 from . import patterns as P
 from .kernels import keyed_attention, pattern_key
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import ModelConfig
-
-__all__ = ["COMPONENT_NAMES", "MODES", "Attend", "SparseSelfAttention", "layer_patterns"]
-
-MODES = ("interleaved", "merged", "multihead")
-COMPONENT_NAMES = ("block", "dense", "local", "strided", "summary")
+__all__ = ["Attend", "SparseSelfAttention"]
 
 # attend(q, k, v) -> y with q, k: (B, H, T, d_qk), v and y: (B, H, T, d_v).
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _component(name: str, stride: int, c: int) -> P.Pattern:
-    if name == "dense":
-        return P.dense()
-    if name == "local":
-        return P.local(stride)
-    if name == "strided":
-        return P.strided(stride)
-    if name == "block":
-        return P.block(stride)
-    if name == "summary":
-        return P.summary(stride, c)
-    raise ValueError(f"unknown layer component {name!r}; choose from {', '.join(COMPONENT_NAMES)}")
-
-
-def _components(cfg: ModelConfig) -> tuple[P.Pattern, ...]:
-    if cfg.pattern not in P.PATTERN_NAMES:
-        raise ValueError(
-            f"unknown pattern {cfg.pattern!r}; choose from {', '.join(P.PATTERN_NAMES)}"
-        )
-    return P.from_name(cfg.pattern, cfg.stride, cfg.c)
-
-
-def _with_offset(p: P.Pattern, offset: int) -> P.Pattern:
-    """``p`` with every summary part reading sub-block ``offset`` (other parts unchanged)."""
-    if isinstance(p, P.Summary):
-        return P.summary(p.size, p.c, offset % (p.size // p.c))
-    if isinstance(p, P.Union):
-        return P.union(*(_with_offset(m, offset) for m in p.members))
-    return p
-
-
-def _has_summary(p: P.Pattern) -> bool:
-    return any(isinstance(q, P.Summary) for q in p.parts())
-
-
-def layer_patterns(cfg: ModelConfig) -> list[list[P.Pattern]]:
-    """Per layer, per head: the pattern that head attends with. Raises ValueError for a bad
-    pattern, mode, layer list or head count (the message names the value and the allowed set)."""
-    if cfg.mode not in MODES:
-        raise ValueError(f"unknown mode {cfg.mode!r}; choose from {', '.join(MODES)}")
-    layers_spec = cfg.layers.strip() if isinstance(cfg.layers, str) else cfg.layers
-    if layers_spec and cfg.mode != "interleaved":
-        raise ValueError(
-            f"layers={cfg.layers!r} is only used by mode 'interleaved', not {cfg.mode!r}; "
-            "leave it empty"
-        )
-    H = cfg.n_head
-    if cfg.mode == "interleaved" and layers_spec:
-        names = [s.strip() for s in str(layers_spec).split(",")]
-        for s in names:
-            if s not in COMPONENT_NAMES:
-                raise ValueError(
-                    f"unknown layer component {s!r} in layers={cfg.layers!r}; "
-                    f"choose from {', '.join(COMPONENT_NAMES)}"
-                )
-        comps = tuple(_component(s, cfg.stride, cfg.c) for s in names)
-    else:
-        comps = _components(cfg)
-    p = len(comps)
-
-    table: list[list[P.Pattern]] = []
-    for r in range(cfg.n_layer):
-        if cfg.mode == "interleaved":
-            heads = [comps[r % p]] * H
-        elif cfg.mode == "merged":
-            heads = [P.union(*comps)] * H
-        else:  # multihead
-            if H % p:
-                raise ValueError(
-                    f"mode 'multihead' splits n_head={H} evenly among the {p} components of "
-                    f"pattern {cfg.pattern!r}; n_head must be a multiple of {p}"
-                )
-            heads = [comps[h * p // H] for h in range(H)]
-        if cfg.head_offsets:
-            rank = 0
-            for h, hp in enumerate(heads):
-                if _has_summary(hp):
-                    heads[h] = _with_offset(hp, rank)
-                    rank += 1
-        table.append(heads)
-
-    # Intern: one object per distinct pattern, so plans cached on it are shared across layers.
-    seen: dict[P.Pattern, P.Pattern] = {}
-    return [[seen.setdefault(hp, hp) for hp in heads] for heads in table]
 
 
 class SparseSelfAttention(nn.Module):

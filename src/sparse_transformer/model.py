@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import MODES, Attend, SparseSelfAttention, layer_patterns
+from .attention import Attend, SparseSelfAttention
 from .kernels import BACKENDS
-from .patterns import PATTERN_NAMES, Pattern
+from .patterns import Pattern, layer_patterns
 
 INITS = ("paper", "gpt2")
 
@@ -65,6 +65,14 @@ class ModelConfig:
             return tuple(self.data_shape)
         return (-(-self.ctx // self.stride), self.stride)
 
+    def layer_patterns(self) -> list[list[Pattern]]:
+        """Per layer, per head: the pattern that head attends with
+        (:func:`~sparse_transformer.patterns.layer_patterns` of this config)."""
+        return layer_patterns(
+            self.pattern, self.mode, self.layers, self.n_layer, self.n_head, self.stride, self.c,
+            self.head_offsets, prefix="model.",
+        )  # fmt: skip
+
     @property
     def ffn_width(self) -> int:
         return (2 if self.half_size else 4) * self.d_model
@@ -83,12 +91,6 @@ def _validate(cfg: ModelConfig) -> None:
     """ValueError naming the bad value and what is allowed; called on every ModelConfig."""
     for name in ("vocab_size", "ctx", "n_layer", "n_head", "d_model", "stride", "c"):
         _check_int(name, getattr(cfg, name))
-    if cfg.pattern not in PATTERN_NAMES:
-        raise ValueError(
-            f"unknown model.pattern {cfg.pattern!r}; choose from {', '.join(PATTERN_NAMES)}"
-        )
-    if cfg.mode not in MODES:
-        raise ValueError(f"unknown model.mode {cfg.mode!r}; choose from {', '.join(MODES)}")
     if cfg.init not in INITS:
         raise ValueError(f"unknown model.init {cfg.init!r}; choose from {', '.join(INITS)}")
     if cfg.backend not in BACKENDS:
@@ -129,7 +131,7 @@ def _validate(cfg: ModelConfig) -> None:
             f"model.ctx={cfg.ctx} exceeds the positions of model.data_shape={cfg.data_shape} "
             f"({math.prod(cfg.position_shape)}); ctx must be <= their product"
         )
-    layer_patterns(cfg)  # pattern/mode/layers/head-count combinations
+    cfg.layer_patterns()  # pattern, mode, layers and head-count combinations
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class SparseTransformer(nn.Module):
         self.data_shape = cfg.position_shape
         self.wte = nn.Embedding(cfg.vocab_size, d)  # W_e
         self.wpe = nn.ModuleList(nn.Embedding(s, d) for s in self.data_shape)  # W_1 .. W_n_emb
-        self.blocks = nn.ModuleList(Block(cfg, pats) for pats in layer_patterns(cfg))
+        self.blocks = nn.ModuleList(Block(cfg, pats) for pats in cfg.layer_patterns())
         self.ln_f = nn.LayerNorm(d, eps=1e-6)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)  # W_out (paper eq. 11: no bias)
         self.init_weights()

@@ -9,6 +9,11 @@ Every pattern is causal (key j <= query i) and 0-indexed. The atoms (spec sectio
     dense()               every j <= i
     union(*ps)            any of ps                               the merged head
 
+Each atom owns everything that is particular to it, in one class: its element term (``term``), the
+same term in a form FlexAttention's ``mask_mod`` can trace (``flex_term``), the key tiles a query
+tile may visit (``candidates``) and conservative per-visit bounds of the term (``bounds``). Adding
+an atom means adding one class; the plan builder and the backends only call these methods.
+
 A pattern answers two questions:
 
 * ``pattern.mask(n)``: the (n, n) boolean matrix, True where query i attends key j. Slow, exact.
@@ -23,15 +28,21 @@ A pattern answers two questions:
   backend computes each segment's output and log-sum-exp and merges them.
 
 Plans are cached on the pattern object per (n, block, device).
+
+:func:`layer_patterns` assigns the named patterns to the heads of every layer (spec section 4);
+it takes plain arguments, so the model's config stays in ``model.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
 __all__ = [
+    "COMPONENT_NAMES",
+    "MODES",
     "PATTERN_NAMES",
     "Block",
     "BlockPlan",
@@ -47,21 +58,26 @@ __all__ = [
     "dense",
     "factorized",
     "from_name",
+    "layer_patterns",
     "local",
     "strided",
     "summary",
     "union",
 ]
 
-# Term kinds (integer codes of the atomic terms the predicates are built from).
-DENSE, LOCAL, STRIDED, BLOCK, SUMMARY = 0, 1, 2, 3, 4
 PATTERN_NAMES = ("dense", "fixed", "local", "strided")
+MODES = ("interleaved", "merged", "multihead")
 
 
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def _check_choice(what: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,17 +88,36 @@ def _positive_int(name: str, value: object) -> int:
 class Pattern:
     """Base class: a causal attention pattern. Subclasses are frozen dataclasses."""
 
-    def terms(self) -> tuple[tuple[int, int, int, int], ...]:
-        """The pattern as an OR of atomic terms (kind, a, b, c); causality is implied."""
-        raise NotImplementedError
-
     def parts(self) -> tuple[Pattern, ...]:
         """The atoms whose union this pattern is."""
         return (self,)
 
+    def term(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """The pattern's own condition on (i, j), broadcasting; causality is left to the caller."""
+        return _any(self.parts(), i, j)
+
+    def flex_term(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """:meth:`term` as FlexAttention's ``mask_mod`` traces it (i, j of one shape)."""
+        return self.term(i, j)
+
+    def candidates(self, n: int, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Atoms: (q_tiles, k_tiles, layout) in the atom's own tiling, a superset of the visits
+        it needs (see :class:`Segment` for the three tensors)."""
+        raise NotImplementedError(f"{self} is not an atom; plan its parts()")
+
+    def bounds(self, v: _Visits) -> tuple[torch.Tensor, torch.Tensor]:
+        """Atoms: per visit of ``v``, (nowhere, everywhere) booleans of :meth:`term`; both may
+        be False when unsure (conservative), never wrongly True."""
+        raise NotImplementedError(f"{self} is not an atom; bound its parts()")
+
+    def with_summary_offset(self, offset: int) -> Pattern:
+        """This pattern with every summary part reading sub-block ``offset`` (modulo the number
+        of sub-blocks); other parts unchanged."""
+        return self
+
     def allowed(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """Element-level definition: True where query i may attend key j (broadcasts)."""
-        return _eval_terms(self.terms(), i, j) & (j <= i) & (j >= 0) & (i >= 0)
+        return self.term(i, j) & (j <= i) & (j >= 0) & (i >= 0)
 
     def mask(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
         """The (n, n) boolean connectivity matrix: ``mask[i, j]`` is True when i attends j."""
@@ -129,8 +164,18 @@ def _plan_cache(p: Pattern) -> dict:
 class Dense(Pattern):
     """Full causal attention: every j <= i."""
 
-    def terms(self):
-        return ((DENSE, 0, 0, 0),)
+    def term(self, i, j):
+        return torch.ones(torch.broadcast_shapes(i.shape, j.shape), dtype=torch.bool, device=i.device)
+
+    def flex_term(self, i, j):
+        return i >= 0  # no new tensor: mask_mod is traced on scalars
+
+    def candidates(self, n, block):
+        q, t = _natural_tiles(n, block)
+        return q, q, _band_layout(torch.zeros_like(t), t)
+
+    def bounds(self, v):
+        return v.never(), ~v.never()
 
     def row(self, i: int) -> torch.Tensor:
         return torch.arange(i + 1)
@@ -148,8 +193,16 @@ class Local(Pattern):
     def __post_init__(self):
         _positive_int("local window", self.window)
 
-    def terms(self):
-        return ((LOCAL, self.window, 0, 0),)
+    def term(self, i, j):
+        return (i - j) < self.window
+
+    def candidates(self, n, block):
+        q, t = _natural_tiles(n, block)
+        lo = torch.div(t * block - self.window + 1, block, rounding_mode="floor")
+        return q, q, _band_layout(torch.clamp(lo, min=0), t)
+
+    def bounds(self, v):
+        return (v.qlo - v.khi) >= self.window, (v.qhi - v.klo) < self.window
 
     def row(self, i: int) -> torch.Tensor:
         return torch.arange(max(0, i - self.window + 1), i + 1)
@@ -167,8 +220,28 @@ class Strided(Pattern):
     def __post_init__(self):
         _positive_int("stride", self.stride)
 
-    def terms(self):
-        return ((STRIDED, self.stride, 0, 0),)
+    def term(self, i, j):
+        return torch.remainder(i - j, self.stride) == 0
+
+    def candidates(self, n, block):
+        if self.stride == 1:  # strided(1) is dense
+            return Dense().candidates(n, block)
+        tiles, lp = _strided_tiles(n, self.stride, block)
+        t = torch.arange(tiles.shape[0])
+        if lp >= block:  # several tiles per class: causal band from the class's first tile
+            first = (t * block // lp) * (lp // block)
+        else:  # several classes per tile: only the diagonal tile
+            first = t
+        return tiles, tiles, _band_layout(first, t)
+
+    def bounds(self, v):
+        # Exact per-tile residue sets are cheap enough to test directly.
+        qv, kv = v.q, v.k  # (E, B)
+        qr = torch.where(qv >= 0, qv % self.stride, -1)
+        kr = torch.where(kv >= 0, kv % self.stride, -2)
+        same = qr[:, :, None] == kr[:, None, :]
+        valid = (qv >= 0)[:, :, None] & (kv >= 0)[:, None, :]
+        return ~same.any((1, 2)), (same | ~valid).all((1, 2))
 
     def row(self, i: int) -> torch.Tensor:
         return torch.arange(i % self.stride, i + 1, self.stride)
@@ -186,8 +259,19 @@ class Block(Pattern):
     def __post_init__(self):
         _positive_int("block size", self.size)
 
-    def terms(self):
-        return ((BLOCK, self.size, 0, 0),)
+    def term(self, i, j):
+        return _floor(i, self.size) == _floor(j, self.size)
+
+    def candidates(self, n, block):
+        q, t = _natural_tiles(n, block)
+        lo = _floor((t * block // self.size) * self.size, block)
+        return q, q, _band_layout(lo, t)
+
+    def bounds(self, v):
+        a = self.size
+        nowhere = (_floor(v.khi, a) < _floor(v.qlo, a)) | (_floor(v.klo, a) > _floor(v.qhi, a))
+        everywhere = (_floor(v.klo, a) == _floor(v.qhi, a)) & (_floor(v.khi, a) == _floor(v.qlo, a))
+        return nowhere, everywhere
 
     def row(self, i: int) -> torch.Tensor:
         return torch.arange((i // self.size) * self.size, i + 1)
@@ -230,8 +314,32 @@ class Summary(Pattern):
     def hi(self) -> int:
         return self.size - self.offset * self.c - 1
 
-    def terms(self):
-        return ((SUMMARY, self.size, self.lo, self.hi),)
+    def term(self, i, j):
+        r = torch.remainder(j, self.size)
+        return (r >= self.lo) & (r <= self.hi)
+
+    def candidates(self, n, block):
+        q, t = _natural_tiles(n, block)
+        j = torch.arange(n)
+        r = j % self.size
+        cols = j[(r >= self.lo) & (r <= self.hi)]
+        tk = max(1, -(-cols.numel() // block))
+        k = torch.cat([cols, cols.new_full((tk * block - cols.numel(),), -1)]).view(tk, block)
+        # query tile t needs summary columns <= its last position.
+        last = torch.clamp(t * block + block - 1, max=n - 1)
+        need = torch.searchsorted(cols, last, right=True)  # number of columns <= last
+        hi = _floor(need - 1, block)
+        lay = _band_layout(torch.zeros_like(hi), torch.clamp(hi, min=-1))
+        lay = torch.where((need[:, None] > 0) & (lay >= 0), lay, -1)
+        return q, k, lay
+
+    def bounds(self, v):
+        r = v.k % self.size
+        ok = (r >= self.lo) & (r <= self.hi)
+        return ~(ok & (v.k >= 0)).any(1), (ok | (v.k < 0)).all(1)
+
+    def with_summary_offset(self, offset: int) -> Pattern:
+        return Summary(self.size, self.c, offset % (self.size // self.c))
 
     def row(self, i: int) -> torch.Tensor:
         j = torch.arange(i + 1)
@@ -263,8 +371,8 @@ class Union(Pattern):
                     out.append(q)
         return tuple(out)
 
-    def terms(self):
-        return tuple(t for p in self.parts() for t in p.terms())
+    def with_summary_offset(self, offset: int) -> Pattern:
+        return union(*(m.with_summary_offset(offset) for m in self.members))
 
     def row(self, i: int) -> torch.Tensor:
         return torch.unique(torch.cat([p.row(i) for p in self.parts()]))
@@ -324,55 +432,147 @@ def factorized(name: str, stride: int, c: int | None = None) -> tuple[Pattern, P
 def from_name(name: str, stride: int | None = None, c: int | None = None) -> tuple[Pattern, ...]:
     """The components of a named pattern: dense -> (dense,), strided/fixed -> their two heads,
     local -> (local(stride),)."""
+    _check_choice("pattern", name, PATTERN_NAMES)
+    return _components(name, stride, c)
+
+
+def _components(name: str, stride: int | None, c: int | None) -> tuple[Pattern, ...]:
     if name == "dense":
         return (dense(),)
     if name == "local":
         return (local(_positive_int("stride", stride)),)
-    if name in ("strided", "fixed"):
-        return factorized(name, _positive_int("stride", stride), c)
-    raise ValueError(f"unknown pattern {name!r}; choose from {', '.join(PATTERN_NAMES)}")
+    return factorized(name, _positive_int("stride", stride), c)
 
 
 # --------------------------------------------------------------------------------------------
-# Element predicates (shared by the oracle, the plans and the torch backend)
+# Patterns per layer and head (spec section 4)
+# --------------------------------------------------------------------------------------------
+
+#: The atoms an explicit interleaved layer list may name, from the stride l and summary width c.
+COMPONENTS = {
+    "block": lambda stride, c: block(stride),
+    "dense": lambda stride, c: dense(),
+    "local": lambda stride, c: local(stride),
+    "strided": lambda stride, c: strided(stride),
+    "summary": lambda stride, c: summary(stride, c),
+}
+COMPONENT_NAMES = tuple(COMPONENTS)
+
+
+def layer_patterns(
+    pattern: str,
+    mode: str,
+    layers: str,
+    n_layer: int,
+    n_head: int,
+    stride: int,
+    c: int,
+    head_offsets: bool,
+    *,
+    prefix: str = "",
+) -> list[list[Pattern]]:
+    """Per layer, per head: the pattern that head attends with.
+
+    - ``interleaved``: layer r uses component ``r mod p`` of the named pattern (p = 2 for strided
+      and fixed), or ``layers``, an explicit comma list of :data:`COMPONENT_NAMES` cycled over the
+      layers (``"local,local,local,strided"`` is the authors' 3:1 CIFAR stack); every head of a
+      layer shares the pattern;
+    - ``merged``: every head attends to the union of the components (the paper's EnWik8 model);
+    - ``multihead``: the heads are split into p contiguous groups, group m attending component m.
+
+    With ``head_offsets`` every ``summary`` component reads a per-head c-wide sub-block: head h
+    (counted within the heads that read a summary in that layer) gets offset ``h mod (stride //
+    c)``, so different heads summarise different parts of each block (paper section 4.3).
+
+    Equal patterns are interned (one object per distinct pattern in the table), so the block plans
+    the kernels cache on a pattern are built once and shared by every layer that uses it.
+
+    Raises ValueError for a bad pattern, mode, layer list or head count, naming the value and the
+    allowed set; ``prefix`` goes in front of the argument names (``"model."`` from a config).
+    """
+    _check_choice(f"{prefix}mode", mode, MODES)
+    _check_choice(f"{prefix}pattern", pattern, PATTERN_NAMES)
+    layers_spec = layers.strip()
+    if layers_spec and mode != "interleaved":
+        raise ValueError(
+            f"{prefix}layers={layers!r} is only used by mode 'interleaved', not {mode!r}; "
+            "leave it empty"
+        )
+    if layers_spec:
+        names = [s.strip() for s in layers_spec.split(",")]
+        for s in names:
+            if s not in COMPONENTS:
+                raise ValueError(
+                    f"unknown layer component {s!r} in {prefix}layers={layers!r}; "
+                    f"choose from {', '.join(COMPONENT_NAMES)}"
+                )
+        comps = tuple(COMPONENTS[s](stride, c) for s in names)
+    else:
+        comps = _components(pattern, stride, c)
+    p = len(comps)
+
+    table: list[list[Pattern]] = []
+    for r in range(n_layer):
+        if mode == "interleaved":
+            heads = [comps[r % p]] * n_head
+        elif mode == "merged":
+            heads = [union(*comps)] * n_head
+        else:  # multihead
+            if n_head % p:
+                raise ValueError(
+                    f"mode 'multihead' splits n_head={n_head} evenly among the {p} components of "
+                    f"pattern {pattern!r}; n_head must be a multiple of {p}"
+                )
+            heads = [comps[h * p // n_head] for h in range(n_head)]
+        if head_offsets:
+            rank = 0
+            for h, hp in enumerate(heads):
+                if any(isinstance(q, Summary) for q in hp.parts()):
+                    heads[h] = hp.with_summary_offset(rank)
+                    rank += 1
+        table.append(heads)
+
+    # Intern: one object per distinct pattern, so plans cached on it are shared across layers.
+    seen: dict[Pattern, Pattern] = {}
+    return [[seen.setdefault(hp, hp) for hp in heads] for heads in table]
+
+
+# --------------------------------------------------------------------------------------------
+# Element predicates (shared by the oracle, the plans and the backends)
 # --------------------------------------------------------------------------------------------
 
 
-def _eval_term(term: tuple[int, int, int, int], i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    kind, a, b, c = term
-    if kind == DENSE:
-        return torch.ones(torch.broadcast_shapes(i.shape, j.shape), dtype=torch.bool, device=i.device)
-    if kind == LOCAL:
-        return (i - j) < a
-    if kind == STRIDED:
-        return torch.remainder(i - j, a) == 0
-    if kind == BLOCK:
-        return torch.div(i, a, rounding_mode="floor") == torch.div(j, a, rounding_mode="floor")
-    if kind == SUMMARY:
-        r = torch.remainder(j, a)
-        return (r >= b) & (r <= c)
-    raise AssertionError(f"unknown term kind {kind}")
+def _floor(x: torch.Tensor, a: int) -> torch.Tensor:
+    return torch.div(x, a, rounding_mode="floor")
 
 
-def _eval_terms(terms, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+def _any(atoms, i: torch.Tensor, j: torch.Tensor, flex: bool = False) -> torch.Tensor:
     out = None
-    for t in terms:
-        m = _eval_term(t, i, j)
+    for a in atoms:
+        m = a.flex_term(i, j) if flex else a.term(i, j)
         out = m if out is None else (out | m)
     return out
 
 
 @dataclass(frozen=True)
 class Predicate:
-    """Causal AND (any ``include`` term) AND NOT (any ``exclude`` term), element by element."""
+    """Causal AND (any ``include`` atom) AND NOT (any ``exclude`` atom), element by element."""
 
-    include: tuple[tuple[int, int, int, int], ...]
-    exclude: tuple[tuple[int, int, int, int], ...] = ()
+    include: tuple[Pattern, ...]
+    exclude: tuple[Pattern, ...] = ()
 
     def __call__(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        m = (j <= i) & (j >= 0) & (i >= 0) & _eval_terms(self.include, i, j)
+        m = (j <= i) & (j >= 0) & (i >= 0) & _any(self.include, i, j)
         if self.exclude:
-            m = m & ~_eval_terms(self.exclude, i, j)
+            m = m & ~_any(self.exclude, i, j)
+        return m
+
+    def flex_terms(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """The include/exclude part (no causality) from the atoms' ``flex_term``: traceable
+        inside FlexAttention's ``mask_mod``."""
+        m = _any(self.include, i, j, flex=True)
+        if self.exclude:
+            m = m & ~_any(self.exclude, i, j, flex=True)
         return m
 
 
@@ -518,10 +718,11 @@ class BlockPlan:
 # --- candidate key tiles per atom, in the atom's own tiling -----------------------------------
 
 
-def _natural_tiles(n: int, block: int) -> torch.Tensor:
+def _natural_tiles(n: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Natural-order tiles (T, block), -1 padded, and the tile ids 0..T-1."""
     t = -(-n // block)
     pos = torch.arange(t * block)
-    return torch.where(pos < n, pos, -1).view(t, block)
+    return torch.where(pos < n, pos, -1).view(t, block), torch.arange(t)
 
 
 def _band_layout(lo_tile: torch.Tensor, hi_tile: torch.Tensor) -> torch.Tensor:
@@ -552,46 +753,6 @@ def _strided_tiles(n: int, stride: int, block: int) -> torch.Tensor:
     return pos.view(-1, block), lp
 
 
-def _candidates(atom: Pattern, n: int, block: int):
-    """(q_tiles, k_tiles, layout) for one atom: a superset of the visits it needs."""
-    if isinstance(atom, Strided) and atom.stride > 1:
-        tiles, lp = _strided_tiles(n, atom.stride, block)
-        tq = tiles.shape[0]
-        t = torch.arange(tq)
-        if lp >= block:  # several tiles per class: causal band from the class's first tile
-            first = (t * block // lp) * (lp // block)
-        else:  # several classes per tile: only the diagonal tile
-            first = t
-        return tiles, tiles, _band_layout(first, t)
-    q = _natural_tiles(n, block)
-    tq = q.shape[0]
-    t = torch.arange(tq)
-    if isinstance(atom, Summary):
-        j = torch.arange(n)
-        r = j % atom.size
-        cols = j[(r >= atom.lo) & (r <= atom.hi)]
-        tk = max(1, -(-cols.numel() // block))
-        k = torch.cat([cols, cols.new_full((tk * block - cols.numel(),), -1)]).view(tk, block)
-        # query tile t needs summary columns <= its last position.
-        last = torch.clamp(t * block + block - 1, max=n - 1)
-        need = torch.searchsorted(cols, last, right=True)  # number of columns <= last
-        hi = torch.div(need - 1, block, rounding_mode="floor")
-        lo = torch.zeros_like(hi)
-        lay = _band_layout(lo, torch.clamp(hi, min=-1))
-        lay = torch.where((need[:, None] > 0) & (lay >= 0), lay, -1)
-        return q, k, lay
-    if isinstance(atom, Local):
-        w = atom.window
-        lo = torch.clamp(torch.div(t * block - w + 1, block, rounding_mode="floor"), min=0)
-        return q, q, _band_layout(lo, t)
-    if isinstance(atom, Block):
-        lo = torch.div((t * block // atom.size) * atom.size, block, rounding_mode="floor")
-        return q, q, _band_layout(lo, t)
-    if isinstance(atom, (Dense, Strided)):  # strided(1) is dense
-        return q, q, _band_layout(torch.zeros_like(t), t)
-    raise AssertionError(f"no plan for {atom}")
-
-
 # --- generic classification of visits from tile bounds -----------------------------------------
 
 
@@ -604,41 +765,27 @@ def _tile_stats(tiles: torch.Tensor):
     return lo, hi, padded, valid.any(1)
 
 
-def _term_bounds(term, q_tiles, k_tiles, qi, ki):
-    """For visits (qi[e], ki[e]): (nowhere, everywhere) booleans of one term, conservative."""
-    kind, a, b, c = term
-    qlo, qhi, _, _ = _tile_stats(q_tiles)
-    klo, khi, _, _ = _tile_stats(k_tiles)
-    qlo, qhi, klo, khi = qlo[qi], qhi[qi], klo[ki], khi[ki]
-    false = torch.zeros_like(qi, dtype=torch.bool)
-    if kind == DENSE:
-        return false, ~false
-    if kind == LOCAL:
-        return (qlo - khi) >= a, (qhi - klo) < a
-    if kind == BLOCK:
-        nowhere = torch.div(khi, a, rounding_mode="floor") < torch.div(
-            qlo, a, rounding_mode="floor"
-        )
-        nowhere |= torch.div(klo, a, rounding_mode="floor") > torch.div(
-            qhi, a, rounding_mode="floor"
-        )
-        everywhere = (torch.div(klo, a, rounding_mode="floor") == torch.div(
-            qhi, a, rounding_mode="floor"
-        )) & (torch.div(khi, a, rounding_mode="floor") == torch.div(qlo, a, rounding_mode="floor"))
-        return nowhere, everywhere
-    if kind in (STRIDED, SUMMARY):
-        # Exact per-tile residue sets are cheap enough to test directly.
-        qv, kv = q_tiles[qi], k_tiles[ki]  # (E, B)
-        if kind == STRIDED:
-            qr = torch.where(qv >= 0, qv % a, -1)
-            kr = torch.where(kv >= 0, kv % a, -2)
-            same = qr[:, :, None] == kr[:, None, :]
-            valid = (qv >= 0)[:, :, None] & (kv >= 0)[:, None, :]
-            return ~same.any((1, 2)), (same | ~valid).all((1, 2))
-        r = kv % a
-        ok = (r >= b) & (r <= c)
-        return ~(ok & (kv >= 0)).any(1), (ok | (kv < 0)).all(1)
-    raise AssertionError(kind)
+class _Visits:
+    """Visits ``(q_tiles[qi[e]], k_tiles[ki[e]])`` as the atoms' ``bounds`` see them: each
+    tile's lowest and highest position (``qlo`` ... ``khi``, per visit) and, on demand, the
+    visited tiles' positions ``q``, ``k`` (E, block)."""
+
+    def __init__(self, q_tiles, k_tiles, qi, ki):
+        self.q_tiles, self.k_tiles, self.qi, self.ki = q_tiles, k_tiles, qi, ki
+        qlo, qhi, _, _ = _tile_stats(q_tiles)
+        klo, khi, _, _ = _tile_stats(k_tiles)
+        self.qlo, self.qhi, self.klo, self.khi = qlo[qi], qhi[qi], klo[ki], khi[ki]
+
+    def never(self) -> torch.Tensor:
+        return torch.zeros_like(self.qi, dtype=torch.bool)
+
+    @cached_property
+    def q(self) -> torch.Tensor:
+        return self.q_tiles[self.qi]
+
+    @cached_property
+    def k(self) -> torch.Tensor:
+        return self.k_tiles[self.ki]
 
 
 def _classify(q_tiles, k_tiles, layout, include, exclude):
@@ -651,16 +798,17 @@ def _classify(q_tiles, k_tiles, layout, include, exclude):
     klo, khi, kpad, kany = _tile_stats(k_tiles)
     causal_none = klo[ki] > qhi[qi]
     causal_all = khi[ki] <= qlo[qi]
+    visits = _Visits(q_tiles, k_tiles, qi, ki)
     inc_none = torch.ones_like(qi, dtype=torch.bool)
     inc_all = torch.zeros_like(qi, dtype=torch.bool)
-    for t in include:
-        nw, ew = _term_bounds(t, q_tiles, k_tiles, qi, ki)
+    for atom in include:
+        nw, ew = atom.bounds(visits)
         inc_none &= nw
         inc_all |= ew
     exc_none = torch.ones_like(qi, dtype=torch.bool)
     exc_all = torch.zeros_like(qi, dtype=torch.bool)
-    for t in exclude:
-        nw, ew = _term_bounds(t, q_tiles, k_tiles, qi, ki)
+    for atom in exclude:
+        nw, ew = atom.bounds(visits)
         exc_none &= nw
         exc_all |= ew
     empty = causal_none | inc_none | exc_all | ~qany[qi] | ~kany[ki]
@@ -691,10 +839,10 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _build_plan(pattern: Pattern, n: int, block: int) -> BlockPlan:
     atoms = pattern.parts()
     segments: list[Segment] = []
-    done: list[tuple[int, int, int, int]] = []  # terms of earlier atoms: excluded from later ones
+    done: list[Pattern] = []  # earlier atoms: excluded from later ones
     for atom in atoms:
-        q, k, lay = _candidates(atom, n, block)
-        pred = Predicate(tuple(atom.terms()), tuple(done))
+        q, k, lay = atom.candidates(n, block)
+        pred = Predicate((atom,), tuple(done))
         keep, full = _classify(q, k, lay, pred.include, pred.exclude)
         entry = torch.where(full, -1, 0)
         lay, entry = _compact(lay, keep, entry)
@@ -715,5 +863,5 @@ def _build_plan(pattern: Pattern, n: int, block: int) -> BlockPlan:
                 break
         else:
             segments.append(Segment(q, k, lay, entry, (pred,)))
-        done.extend(atom.terms())
+        done.append(atom)
     return BlockPlan(n, block, tuple(segments), pattern)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..patterns import DENSE, LOCAL, STRIDED, SUMMARY, BlockPlan, Segment
+from ..patterns import BlockPlan, Segment
 
 _compiled = None
 # Used after the autotuned defaults fail to compile (seen on the H100 with torch 2.11: every default
@@ -48,20 +48,6 @@ def _flex():
     if _compiled is None:
         _compiled = torch.compile(flex_attention, dynamic=False)
     return _compiled
-
-
-def _term_mask(term, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    kind, a, b, c = term
-    if kind == DENSE:
-        return i >= 0
-    if kind == LOCAL:
-        return (i - j) < a
-    if kind == STRIDED:
-        return torch.remainder(i - j, a) == 0
-    if kind == SUMMARY:
-        r = torch.remainder(j, a)
-        return (r >= b) & (r <= c)
-    return torch.div(i, a, rounding_mode="floor") == torch.div(j, a, rounding_mode="floor")  # BLOCK
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,13 +96,8 @@ def _segment_mask(seg: Segment, n: int, device) -> _SegmentMask:
         p = pid[qi // b, ki // b]
         ok = (i >= 0) & (j >= 0) & (j <= i)
         allowed = p == -1
-        for idx, pred in enumerate(preds):
-            inc = torch.zeros_like(ok)
-            for t in pred.include:
-                inc = inc | _term_mask(t, i, j)
-            for t in pred.exclude:
-                inc = inc & ~_term_mask(t, i, j)
-            allowed = allowed | ((p == idx) & inc)
+        for idx, pred in enumerate(preds):  # each atom's flex_term, traced
+            allowed = allowed | ((p == idx) & pred.flex_terms(i, j))
         return ok & allowed
 
     bm = BlockMask.from_kv_blocks(
