@@ -272,12 +272,15 @@ def _data_record(model) -> dict[str, Any] | None:
 
 
 def cmd_eval(args: argparse.Namespace, extras: list[str]) -> int:
+    from .compilation import apply_compile, should_compile
     from .evaluate import evaluate
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, cfg = _open_run(args, extras)
     ds = _open_data(model, cfg, args.split)
+    if should_compile(cfg.train.compile, next(model.parameters()).device):
+        apply_compile(model, cfg.train.compile_mode)
     r = evaluate(
         model, ds, min_context=args.min_context, batch_size=args.batch_size,
         progress=not args.no_progress,

@@ -51,7 +51,10 @@ def apply_compile(model: nn.Module, mode: str = "default") -> nn.Module:
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ValueError("compiling needs a model with a .blocks ModuleList of residual blocks")
-    options = {"fullgraph": True} if mode == "default" else {"fullgraph": True, "mode": mode}
+    # Static shapes: training steps have one shape; evaluation's few others compile once each.
+    options = {"fullgraph": True, "dynamic": False}
+    if mode != "default":
+        options["mode"] = mode
     for block in blocks:
         if getattr(block, "_compiled", False):
             continue
