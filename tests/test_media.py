@@ -1,4 +1,4 @@
-"""media.py: the sampling loop for whole images, completions, the completion grid and the writers."""
+"""media.py (and generate with a start token): whole images, completions, the completion grid and the writers."""
 
 import wave
 
@@ -10,7 +10,6 @@ from sparse_transformer.media import (
     HIDDEN_GREY,
     complete_images,
     completion_grid,
-    sample_bytes,
     sample_images,
     write_audio_samples,
     write_completions,
@@ -50,27 +49,27 @@ def test_sample_bytes_fills_the_whole_context_and_matches_full_forward():
     m = image_model()
     ctx = m.cfg.ctx
     prompt = torch.tensor([[0], [7]])
-    out = sample_bytes(m, prompt, ctx, temperature=0, progress=False)  # ctx + 1 tokens in all
+    out = generate(m, prompt, ctx, start_token=True, temperature=0, progress=False)  # ctx + 1 tokens
     assert out.shape == (2, ctx + 1) and out[:, 0].tolist() == [0, 7]
     # greedy: every token is the argmax of a full forward pass over the tokens before it
     with torch.no_grad():
         logits = m(out[:, :-1])
     assert torch.equal(out[:, 1:], logits.argmax(-1))
     with pytest.raises(ValueError, match="more than the model's context"):
-        sample_bytes(m, prompt, ctx + 1, progress=False)
+        generate(m, prompt, ctx + 1, start_token=True, progress=False)
 
 
 def test_sample_bytes_agrees_with_generate_and_is_seeded():
     m = image_model()
     prompt = torch.tensor([[0, 5, 9]])
-    a = sample_bytes(m, prompt, 10, temperature=0.8, progress=False,
-                     generator=torch.Generator().manual_seed(3))  # fmt: skip
+    a = generate(m, prompt, 10, start_token=True, temperature=0.8, progress=False,
+                 generator=torch.Generator().manual_seed(3))  # fmt: skip
     b = generate(m, prompt, 10, temperature=0.8, progress=False,
                  generator=torch.Generator().manual_seed(3))  # fmt: skip
     assert torch.equal(a, b)
     stats = {}
-    c = sample_bytes(m, prompt, 10, temperature=0.8, progress=False, stats=stats,
-                     generator=torch.Generator().manual_seed(3))  # fmt: skip
+    c = generate(m, prompt, 10, start_token=True, temperature=0.8, progress=False, stats=stats,
+                 generator=torch.Generator().manual_seed(3))  # fmt: skip
     assert torch.equal(a, c)
     assert stats["tokens"] == 10 and stats["batch"] == 1 and stats["tokens_per_s"] > 0
 

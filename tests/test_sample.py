@@ -143,3 +143,20 @@ def test_cached_sampling_cuda(mode):
     assert out.device.type == "cuda" and out.shape == (2, 110)
     cpu_gen = generate(m, x[:, :10], 5, generator=torch.Generator().manual_seed(0), progress=False)
     assert cpu_gen.shape == (2, 15)
+
+
+def test_generate_past_ctx_by_a_sliding_window():
+    """With ``window``, each pass after the first re-encodes the last ``window`` tokens: the same
+    as chaining single-pass calls by hand."""
+    m = model(pattern="strided", mode="interleaved", ctx=32)
+    prompt = torch.tensor([[1, 2, 3]])
+    out = generate(m, prompt, 50, window=16, temperature=0.0, progress=False)
+    assert out.shape == (1, 53)
+    first = generate(m, prompt, 29, temperature=0.0, progress=False)
+    assert torch.equal(out[:, :32], first)
+    second = generate(m, out[:, 16:32], 16, temperature=0.0, progress=False)
+    assert torch.equal(out[:, 32:48], second[:, 16:])
+    third = generate(m, out[:, 32:48], 5, temperature=0.0, progress=False)
+    assert torch.equal(out[:, 48:], third[:, 16:])
+    with pytest.raises(ValueError, match="window must be an integer in 1..31"):
+        generate(m, prompt, 50, window=32, progress=False)

@@ -468,8 +468,6 @@ def _sample_images(args, model, cfg, meta, num, temperature, gen, stats) -> tupl
 
 def _sample_audio(args, model, cfg, meta, num, temperature, gen, stats) -> tuple[list[Path], str]:
     """``num`` clips from silence, written as WAVs at the dataset's sample rate."""
-    import torch
-
     from . import media
 
     if args.prompt is not None:
@@ -477,45 +475,19 @@ def _sample_audio(args, model, cfg, meta, num, temperature, gen, stats) -> tuple
     length = cfg.sample.length if args.length is None else args.length
     if not 1 <= length <= cfg.model.ctx:
         raise UsageError(f"--length must be in 1..{cfg.model.ctx} (the model's context)")
-    prompt = torch.full((num, 1), media.AUDIO_START_BYTE, dtype=torch.long)
-    out = media.sample_bytes(
-        model, prompt, length, temperature=temperature, generator=gen,
-        progress=not args.no_progress, stats=stats, desc="sample audio",
+    clips = media.sample_audio(
+        model, num, length, temperature=temperature, generator=gen,
+        progress=not args.no_progress, stats=stats,
     )  # fmt: skip
-    clips = [bytes(row.tolist()) for row in out[:, 1:].cpu()]
-    paths = SAMPLE_OUTPUTS["audio"](clips, _sample_out_dir(args, model), meta)
+    paths = SAMPLE_OUTPUTS["audio"]([c.tobytes() for c in clips], _sample_out_dir(args, model), meta)
     rate = int(meta["sample_rate"])
     return paths, f"{num} clips of {length} samples ({length / rate:.2f} s at {rate} Hz)"
 
 
-def _generate(model, idx, length: int, **kw: Any):
-    """:func:`~sparse_transformer.sample.generate`, and past the context by a sliding window:
-    once ``prompt + length`` exceeds ``ctx``, each further chunk re-encodes the last ``ctx // 2``
-    bytes as its prompt and generates up to ``ctx - ctx // 2`` more."""
-    import time
-
+def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
     import torch
 
     from .sample import generate
-
-    ctx = model.cfg.ctx
-    stats = kw.pop("stats")
-    if idx.shape[1] + length <= ctx:
-        return generate(model, idx, length, stats=stats, **kw)
-    log.info("sampling past the context (%d): sliding window of the last %d bytes", ctx, ctx // 2)
-    t0, out, left, first = time.perf_counter(), idx, length, True
-    while left > 0:
-        keep = min(out.shape[1], ctx - 1 if first else max(1, ctx // 2))
-        n = min(left, ctx - keep)
-        new = generate(model, out[:, -keep:], n, stats={}, **kw)[:, keep:]
-        out, left, first = torch.cat([out, new], dim=1), left - n, False
-    seconds = time.perf_counter() - t0
-    stats.update(seconds=seconds, tokens_per_s=idx.shape[0] * length / max(seconds, 1e-9))
-    return out
-
-
-def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
-    import torch
 
     out_dir = _sample_out_arg(args)
     model, cfg = _open_run(args, extras)
@@ -531,6 +503,7 @@ def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
     if num < 1:
         raise UsageError(f"--num must be >= 1, got {num}")
     device = next(model.parameters()).device
+    logging.getLogger("sparse_transformer.sample").setLevel(logging.WARNING)  # we print the rate
     if kind in ("image", "audio"):
         if out_dir is None:  # samples/ in the run directory: checked before sampling too
             args.out = str(_sample_out_dir(args, model))
@@ -554,10 +527,10 @@ def cmd_sample(args: argparse.Namespace, extras: list[str]) -> int:
     idx = torch.tensor(list(prompt), dtype=torch.long, device=device)[None].repeat(num, 1)
     gen = torch.Generator(device=device).manual_seed(seed)
     stats: dict[str, Any] = {}
-    logging.getLogger("sparse_transformer.sample").setLevel(logging.WARNING)  # we print the rate
-    out = _generate(
+    # Past the context: a sliding window that re-encodes the last ctx // 2 bytes per pass.
+    out = generate(
         model, idx, length, temperature=temperature, generator=gen,
-        progress=not args.no_progress, stats=stats,
+        progress=not args.no_progress, stats=stats, window=model.cfg.ctx // 2 or None,
     )  # fmt: skip
     samples = [bytes(row.tolist()) for row in out.cpu()]
     paths = writer(samples, out_dir, meta)

@@ -11,12 +11,10 @@ after the start byte 0, so an image model has ``ctx == H * W * C``. Sampling an 
 starts from the single token ``[0]`` and draws exactly ``H * W * C`` bytes; a completion starts
 from ``[0]`` followed by the real top rows and draws the rest.
 
-:func:`sample_bytes` is the loop under both (and under audio): the pattern-aware cache of
-:mod:`sparse_transformer.sample` (:func:`~sparse_transformer.sample.prefill` once, then one
-:func:`~sparse_transformer.sample.step` per token). Unlike
-:func:`~sparse_transformer.sample.generate` it lets ``prompt + length`` reach ``ctx + 1``: the
-last sampled byte is never fed back, so a whole image (start byte + ``ctx`` pixels) needs only
-``ctx`` positions.
+Sampling itself is :func:`~sparse_transformer.sample.generate` (the one loop, pattern-aware
+cache) with ``start_token=True``: ``prompt + length`` may reach ``ctx + 1``, since the last
+sampled byte is never fed back, so a whole image (start byte + ``ctx`` pixels) needs only ``ctx``
+positions. This module only turns bytes into images and sounds and back.
 
 The writers (:func:`write_image_samples`, :func:`write_audio_samples`) have the signature of the
 CLI's ``SAMPLE_OUTPUTS`` hooks: ``fn(samples: list[bytes], out_dir, meta) -> written paths``.
@@ -27,18 +25,16 @@ from __future__ import annotations
 import io
 import logging
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .data import IMAGE_START_BYTE, image_grid, write_wav
 from .data.store import atomic_write_bytes
-from .sample import KVCache, pick_token, prefill, step
+from .sample import _unwrap, generate
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +45,7 @@ __all__ = [
     "file_stem",
     "grid_scale",
     "image_shape",
-    "sample_bytes",
+    "sample_audio",
     "sample_images",
     "write_audio_samples",
     "write_completions",
@@ -67,77 +63,20 @@ GRID_LINES = 255
 
 
 # --------------------------------------------------------------------------------------------
-# The sampling loop
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def sample_bytes(
-    model: torch.nn.Module,
-    prompt: torch.Tensor,
-    length: int,
-    *,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    progress: bool = True,
-    stats: dict[str, Any] | None = None,
-    desc: str = "sample",
-) -> torch.Tensor:
-    """Draw ``length`` bytes after ``prompt`` (B, T0), T0 >= 1, with ``T0 + length <= ctx + 1``.
-
-    Returns (B, T0 + length) int64 on the model's device: the prompt, then the samples. ``stats``
-    (if given) receives ``tokens`` (new tokens per sequence), ``batch``, ``seconds`` and
-    ``tokens_per_s`` (new tokens of all B sequences over the wall time, prefill included).
-    """
-    from .sample import _unwrap
-
-    net = _unwrap(model)
-    ctx = net.cfg.ctx
-    if prompt.dim() != 2 or prompt.shape[1] < 1:
-        raise ValueError(f"prompt must be (B, T0) with T0 >= 1, got shape {tuple(prompt.shape)}")
-    B, T0 = prompt.shape
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ValueError(f"length must be an integer >= 0, got {length!r}")
-    if T0 + length - 1 > ctx:
-        raise ValueError(
-            f"prompt ({T0}) + length ({length}) needs {T0 + length - 1} positions, more than the "
-            f"model's context ctx={ctx}"
-        )
-    if not (isinstance(temperature, (int, float)) and 0 <= temperature < math.inf):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    device = next(net.parameters()).device
-    out = torch.empty(B, T0 + length, dtype=torch.long, device=device)
-    out[:, :T0] = prompt.to(device)
-    if length == 0:
-        return out
-    was_training = net.training
-    net.eval()
-    t0 = time.perf_counter()
-    try:
-        cache = KVCache(net, B, T0 + length - 1)
-        logits = prefill(net, out[:, :T0], cache)[:, -1]
-        with tqdm(total=length, disable=not progress, unit="tok", desc=desc) as bar:
-            for s in range(length):
-                tok = pick_token(logits, temperature, generator)
-                out[:, T0 + s] = tok
-                if s + 1 < length:
-                    logits = step(net, tok, cache)
-                bar.update(1)
-                if s % 64 == 63 or s + 1 == length:
-                    bar.set_postfix_str(f"{B * (s + 1) / (time.perf_counter() - t0):.0f} tok/s")
-    finally:
-        net.train(was_training)
-    seconds = time.perf_counter() - t0
-    rate = B * length / seconds if seconds > 0 else float("inf")
-    log.debug("sampled %d x %d bytes in %.2f s: %.1f tokens/s", B, length, seconds, rate)
-    if stats is not None:
-        stats.update(tokens=length, batch=B, seconds=seconds, tokens_per_s=rate)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
+
+
+def _from_start(
+    model: torch.nn.Module, start: int, num: int, length: int, desc: str, **kw: Any
+) -> np.ndarray:
+    """``num`` sequences of ``length`` bytes drawn after the start byte ``start``:
+    :func:`~sparse_transformer.sample.generate` with ``start_token``; ``uint8 (num, length)``."""
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    prompt = torch.full((num, 1), start, dtype=torch.long)
+    out = generate(model, prompt, length, start_token=True, desc=desc, **kw)
+    return out[:, 1:].cpu().numpy().astype(np.uint8)
 
 
 def image_shape(meta: dict[str, Any]) -> tuple[int, int, int]:
@@ -150,8 +89,6 @@ def image_shape(meta: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def _check_image_model(model: torch.nn.Module, shape: Sequence[int]) -> int:
-    from .sample import _unwrap
-
     r = math.prod(shape)
     ctx = _unwrap(model).cfg.ctx
     if ctx != r:
@@ -174,16 +111,12 @@ def sample_images(
 ) -> np.ndarray:
     """``num`` unconditional images ``uint8 (num, H, W, C)``: from the start byte, ``H*W*C``
     bytes each. The model's ``ctx`` must equal ``H*W*C``."""
-    h, w, c = shape
     r = _check_image_model(model, shape)
-    if num < 1:
-        raise ValueError(f"num must be >= 1, got {num}")
-    prompt = torch.full((num, 1), IMAGE_START_BYTE, dtype=torch.long)
-    out = sample_bytes(
-        model, prompt, r, temperature=temperature, generator=generator, progress=progress,
-        stats=stats, desc="sample images",
+    out = _from_start(
+        model, IMAGE_START_BYTE, num, r, "sample images", temperature=temperature,
+        generator=generator, progress=progress, stats=stats,
     )  # fmt: skip
-    return out[:, 1:].cpu().numpy().astype(np.uint8).reshape(num, h, w, c)
+    return out.reshape(num, *shape)
 
 
 def complete_images(
@@ -214,9 +147,9 @@ def complete_images(
     flat = images.reshape(n, h * w * c)[:, :given].astype(np.int64)
     prompt = torch.from_numpy(np.repeat(flat, num, axis=0))  # image i's copies are adjacent
     prompt = torch.cat([torch.full((n * num, 1), IMAGE_START_BYTE), prompt], dim=1)
-    out = sample_bytes(
+    out = generate(
         model, prompt, h * w * c - given, temperature=temperature, generator=generator,
-        progress=progress, stats=stats, desc="complete images",
+        progress=progress, stats=stats, start_token=True, desc="complete images",
     )  # fmt: skip
     return out[:, 1:].cpu().numpy().astype(np.uint8).reshape(n, num, h, w, c)
 
@@ -298,6 +231,24 @@ def file_stem(meta: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # Audio
 # --------------------------------------------------------------------------------------------
+
+
+def sample_audio(
+    model: torch.nn.Module,
+    num: int,
+    length: int,
+    *,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    stats: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """``num`` clips of ``length`` µ-law bytes, ``uint8 (num, length)``, each drawn after
+    :data:`AUDIO_START_BYTE` (silence); ``length <= ctx``."""
+    return _from_start(
+        model, AUDIO_START_BYTE, num, length, "sample audio", temperature=temperature,
+        generator=generator, progress=progress, stats=stats,
+    )  # fmt: skip
 
 
 def write_audio_samples(

@@ -15,10 +15,16 @@ settings holds up to 3168 keys), so here we cache the keys and values themselves
 of caching h (2 · n_layer · ctx · d numbers per sequence: 1.5 GB in float32 for the 95M EnWik8
 model at ctx 12,288) for a step that only gathers. Cached keys and values keep the model's dtype.
 
-Limits. Generation stops at the model's context: ``T0 + length <= ctx``, a ValueError otherwise
-(a sliding window that re-encodes the last ctx tokens is not supported). The prompt must hold at
-least one token (``T0 >= 1``): the model has no start-of-sequence token of its own, so the caller
-chooses one (the image data layer uses byte 0, a text caller might use b"\\n").
+:func:`generate` is the one sampling loop: text (the CLI), images and audio
+(:mod:`sparse_transformer.media`) all call it.
+
+Limits. One cached pass stops at the model's context: ``T0 + length <= ctx`` (``ctx + 1`` with
+``start_token``: the last sampled token is never fed back), a ValueError otherwise unless a
+sliding ``window`` is given: past the context, each further pass re-encodes the last ``window``
+tokens as its prompt (a fresh cache, positions from 0) and samples until the context is full
+again. The prompt must hold at least one token (``T0 >= 1``): the model has no start-of-sequence
+token of its own, so the caller chooses one (the image data layer uses byte 0, a text caller
+might use b"\\n").
 """
 
 from __future__ import annotations
@@ -220,22 +226,36 @@ def generate(
     generator: torch.Generator | None = None,
     progress: bool = True,
     stats: dict | None = None,
+    start_token: bool = False,
+    window: int | None = None,
+    desc: str = "sample",
 ) -> torch.Tensor:
-    """Sample ``length`` bytes after ``prompt`` with the pattern-aware cache.
+    """Sample ``length`` bytes after ``prompt`` with the pattern-aware cache: the one sampling
+    loop (text, images and audio all use it).
 
     Args:
         model: a :class:`SparseTransformer` (or a DDP/compiled wrapper of one); put in eval mode
             for the call and restored afterwards.
         prompt: (B, T0) or (T0,) integer token ids, T0 >= 1 (the caller picks a start token).
-        length: number of new tokens, >= 0, with T0 + length <= ctx.
+        length: number of new tokens, >= 0, with T0 + length <= ctx (see ``start_token`` and
+            ``window``).
         temperature: softmax temperature (> 0; 0 means greedy argmax).
         generator: torch.Generator for reproducible sampling.
-        progress: show a tqdm bar.
-        stats: if given, filled with ``tokens``, ``seconds``, ``prefill_seconds`` and
+        progress: show a tqdm bar (titled ``desc``, with the running tokens/s).
+        stats: if given, filled with ``tokens``, ``batch``, ``seconds``, ``prefill_seconds`` and
             ``tokens_per_s`` (new tokens, all B sequences together, over the call's wall time,
             prefill included).
+        start_token: the prompt's first token is a start token in front of the data (the image
+            and audio layers' start byte), so T0 + length may reach ``ctx + 1``: the last sampled
+            token is never fed back, and a whole image (start byte + ``ctx`` pixels) fits.
+        window: sample past the context by a sliding window: once the sequence fills the
+            context, each further pass re-encodes (prefills) the last ``window`` tokens, 1 <=
+            window < the tokens one pass holds, and samples until the context is full again.
+            Tokens then see at most the last ctx tokens, at positions counted from the window's
+            start. None (the default): a ValueError past the context.
     Returns:
-        (B, T0 + length) int64 (1-D if the prompt was 1-D): the prompt followed by the samples.
+        (B, T0 + length) int64 on the model's device (1-D if the prompt was 1-D): the prompt
+        followed by the samples.
     """
     net = _unwrap(model)
     cfg = net.cfg
@@ -250,10 +270,16 @@ def generate(
         raise ValueError("the prompt must hold at least one token (e.g. a start byte)")
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ValueError(f"length must be an integer >= 0, got {length!r}")
-    if T0 + length > cfg.ctx:
+    limit = cfg.ctx + 1 if start_token else cfg.ctx  # tokens one cached pass holds
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or not 1 <= window < limit
+    ):
+        raise ValueError(f"window must be an integer in 1..{limit - 1}, got {window!r}")
+    if window is None and T0 + length > limit:
         raise ValueError(
-            f"prompt ({T0}) + length ({length}) = {T0 + length} exceeds the context ctx={cfg.ctx}; "
-            "sampling past the context (a sliding window) is not supported"
+            f"prompt ({T0}) + length ({length}) exceeds the context ctx={cfg.ctx}: "
+            f"{T0 + length - limit + cfg.ctx} positions, more than the model's context; "
+            "pass window=K to sample past it by a sliding window over the last K tokens"
         )
     if not isinstance(temperature, (int, float)) or not temperature >= 0 or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
@@ -264,36 +290,39 @@ def generate(
     if length == 0:
         return idx[0] if squeeze else idx
 
+    out = torch.empty(B, T0 + length, dtype=torch.long, device=device)
+    out[:, :T0] = idx
     was_training = net.training
     net.eval()
     t0 = time.perf_counter()
+    t_prefill, prefilled, done, keep = 0.0, 0, T0, min(T0, limit - 1)
     try:
-        with torch.no_grad():
-            cache = KVCache(net, B, T0 + length - 1)
-            logits = prefill(net, idx, cache)[:, -1]
-            t_prefill = time.perf_counter() - t0
-            out = torch.empty(B, T0 + length, dtype=torch.long, device=device)
-            out[:, :T0] = idx
-            with tqdm(total=length, disable=not progress, unit="tok", desc="sample") as bar:
-                for s in range(length):
+        bar = tqdm(total=length, disable=not progress, unit="tok", desc=desc)
+        with torch.no_grad(), bar:
+            while done < T0 + length:  # one pass; more only with a sliding window
+                n = min(T0 + length - done, limit - keep)
+                t1 = time.perf_counter()
+                cache = KVCache(net, B, keep + n - 1)
+                logits = prefill(net, out[:, done - keep : done], cache)[:, -1]
+                t_prefill, prefilled = t_prefill + time.perf_counter() - t1, prefilled + keep
+                for s in range(n):
                     tok = pick_token(logits, temperature, generator)
-                    out[:, T0 + s] = tok
-                    if s + 1 < length:
+                    out[:, done + s] = tok
+                    if s + 1 < n:
                         logits = step(net, tok, cache)
                     bar.update(1)
+                    made = done - T0 + s + 1  # new tokens so far
+                    if progress and (made % 64 == 0 or made == length):
+                        bar.set_postfix_str(f"{B * made / (time.perf_counter() - t0):.0f} tok/s")
+                done, keep = done + n, window
     finally:
         net.train(was_training)
     seconds = time.perf_counter() - t0
     rate = B * length / seconds if seconds > 0 else float("inf")
     log.info(
         "sampled %d x %d tokens in %.2f s (prefill %d tokens %.2f s): %.1f tokens/s",
-        B,
-        length,
-        seconds,
-        T0,
-        t_prefill,
-        rate,
-    )
+        B, length, seconds, prefilled, t_prefill, rate,
+    )  # fmt: skip
     if stats is not None:
         stats.update(
             tokens=length, batch=B, seconds=seconds, prefill_seconds=t_prefill, tokens_per_s=rate
