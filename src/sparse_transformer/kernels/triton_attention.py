@@ -898,18 +898,17 @@ def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     return _backward(q, k, v, o, lse, do, tabs, scale)
 
 
-class _TritonSparseAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, tabs: KernelTables, scale: float):
-        o, lse = forward_tables(q, k, v, tabs, scale)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.tabs, ctx.scale = tabs, scale
-        return o
+@dataclass(frozen=True)
+class _TablesRoute:
+    """Prepared tables as a route for :class:`~sparse_transformer.kernels.op.RouteFunction`."""
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        return (*backward_tables(q, k, v, o, lse, do, ctx.tabs, ctx.scale), None, None)
+    tabs: KernelTables
+
+    def forward(self, q, k, v, scale: float):
+        return forward_tables(q, k, v, self.tabs, scale)
+
+    def backward(self, q, k, v, o, lse, do, scale: float):
+        return backward_tables(q, k, v, o, lse, do, self.tabs, scale)
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -935,7 +934,9 @@ def _check_plans(n: int, plans: list[BlockPlan]) -> None:
 def attention_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
     """Differentiable attention over prepared :func:`kernel_tables` (checks the tensors against
     the tables, then :func:`forward_tables`; the backward is :func:`backward_tables`)."""
-    return _TritonSparseAttention.apply(q, k, v, tabs, scale)
+    from .op import RouteFunction
+
+    return RouteFunction.apply(q, k, v, _TablesRoute(tabs), scale)
 
 
 def attention_multihead(
