@@ -2,7 +2,6 @@
 sample PNG grids, completions and WAVs, on generated fixtures; and the one-line errors."""
 
 import io
-import logging
 import pickle
 import tarfile
 import wave
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from cli_cases import _restore_logging_and_threads, run  # noqa: F401  (autouse fixture)
 from data_fixtures import (
     float_wav_bytes,
     make_cifar_tar,
@@ -20,7 +19,6 @@ from data_fixtures import (
     wav_bytes,
 )
 
-from sparse_transformer.cli import main
 from sparse_transformer.data import load_meta
 from sparse_transformer.media import HIDDEN_GREY
 
@@ -34,24 +32,6 @@ TINY = [
     "--train.log_interval=1", "--train.precision=fp32", "--train.recompute=false",
     "--train.threads=1",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging_and_threads():
-    logger = logging.getLogger("sparse_transformer")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    threads = torch.get_num_threads()
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
-    torch.set_num_threads(threads)
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(result, match):

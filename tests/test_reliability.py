@@ -4,7 +4,6 @@ another working directory. Every failure is one ``error: ...`` line, never a tra
 
 import errno
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
+from cli_cases import _restore_logging_and_threads, run  # noqa: F401  (autouse fixture)
 from data_fixtures import make_wav_dir, text_bytes
 
 from sparse_transformer import checkpoint as C
@@ -34,24 +33,6 @@ AUDIO = [
     "--train.eval_interval=0", "--train.ckpt_interval=0", "--train.precision=fp32",
     "--train.recompute=false", "--train.threads=1",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging_and_threads():
-    logger = logging.getLogger("sparse_transformer")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    threads = torch.get_num_threads()
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
-    torch.set_num_threads(threads)
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(result, match, code=2):
