@@ -188,11 +188,10 @@ _PATTERN_KEYS: dict[tuple, tuple[object, PatternKey]] = {}
 def pattern_key(pattern: Pattern | Sequence[Pattern], heads: int, backend: str = "auto") -> PatternKey:
     """The :class:`PatternKey` of ``pattern`` (one for every head, or one per head) and ``backend``;
     ValueError for an unknown backend or a pattern list of the wrong length. Cached by identity."""
-    ids = id(pattern) if isinstance(pattern, Pattern) else (
-        tuple(map(id, pattern)) if isinstance(pattern, Sequence) and not isinstance(pattern, str) else None)
+    ids = _identity(pattern)
     cache = (backend, heads, ids)
     hit = _PATTERN_KEYS.get(cache) if ids is not None else None
-    if hit is not None and _same(hit[0], pattern):
+    if hit is not None and _same_objects(hit[0], pattern):
         return hit[1]
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -207,12 +206,6 @@ def pattern_key(pattern: Pattern | Sequence[Pattern], heads: int, backend: str =
             _PATTERN_KEYS.clear()
         _PATTERN_KEYS[cache] = (pattern if isinstance(pattern, Pattern) else tuple(pattern), pk)
     return pk
-
-
-def _same(a, b) -> bool:
-    if isinstance(b, Pattern):
-        return a is b
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def keyed_attention(
@@ -233,86 +226,83 @@ def keyed_attention(
 
 class _Route:
     """What one (backend, per-head patterns, n, device) call needs besides the tensors, built once:
-    the resolved backend, the distinct patterns and their plans, and ``forward(q, k, v, scale) ->
-    (out, lse)`` / ``backward(q, k, v, out, lse, dout, scale) -> (dq, dk, dv)`` for the registered
-    operator (``run(q, k, v, scale)`` for the direct flex backend). Head groups are index tensors on
+    the resolved backend and ``units``, a list of (head index tensor or None, plan) run one
+    after the other (one unit when every head shares a plan, or for the Triton backend, whose
+    kernel tables take one plan per head in the same launches). ``forward(q, k, v, scale) -> (out,
+    lse)`` / ``backward(q, k, v, out, lse, dout, scale) -> (dq, dk, dv)`` serve the registered
+    operator, ``run(q, k, v, scale)`` the direct flex backend. Head groups are index tensors on
     the device (no per-call host-to-device copies, so calls can be graph-captured); the Triton
     backend keeps its kernel tables here, so a call does no planning work."""
 
     def __init__(self, backend: str, source, heads: int, n: int, device: torch.device):
         self.source = source
         pats = _head_patterns(source, heads)
-        self.patterns = tuple(pats)
         self.name = name = resolve_backend(backend, device)
-        self.distinct = list(dict.fromkeys(pats))
-        if name == "reference":
-            self.plans = list(self.distinct)
-        else:
-            self.plans = [p.plan(n, plan_block(name, p), device) for p in self.distinct]
-        slot = {p: i for i, p in enumerate(self.distinct)}
-        head_plan = [slot[p] for p in pats]
-        head_plans = [self.plans[i] for i in head_plan]
         self.mod = mod = _module(name)
-        if name == "flex":
-            self.run = self._run_flex
-            return
-        if name == "triton" and len({p.block for p in head_plans}) == 1:
-            self.tables = tables = mod.kernel_tables(head_plans, device)
-            self.statics = (tables.fwd_tables.fwd_static, tables.bwd_tables.bwd_static)  # built now
-            self._fwd = lambda q, k, v, scale: mod.forward_tables(q, k, v, tables, scale)
-            self._bwd = lambda q, k, v, o, lse, do, scale: mod.backward_tables(q, k, v, o, lse, do, tables, scale)
-            self.groups = None
+        distinct = list(dict.fromkeys(pats))
+        if name == "reference":
+            plans = list(distinct)
         else:
-            self._fwd = lambda q, k, v, scale, plan: mod.forward(q, k, v, plan, scale)
-            self._bwd = lambda q, k, v, o, lse, do, scale, plan: mod.backward(q, k, v, o, lse, do, plan, scale)
-            index = [[h for h, i in enumerate(head_plan) if i == g] for g in range(len(self.distinct))]
-            if len(index) == 1:
-                self.groups = None
-                plan = self.plans[0]
-                fwd, bwd = self._fwd, self._bwd
-                self._fwd = lambda q, k, v, scale: fwd(q, k, v, scale, plan)
-                self._bwd = lambda q, k, v, o, lse, do, scale: bwd(q, k, v, o, lse, do, scale, plan)
-            else:
-                self.groups = [torch.tensor(idx, device=device) for idx in index]
-                order = torch.tensor([h for idx in index for h in idx])
-                inverse = torch.empty_like(order)
-                inverse[order] = torch.arange(len(order))
-                self.inverse = inverse.to(device)
+            plans = [p.plan(n, plan_block(name, p), device) for p in distinct]
+        self._forward, self._backward = getattr(mod, "forward", None), getattr(mod, "backward", None)
+        head_plans = [plans[distinct.index(p)] for p in pats]
+        if name == "triton" and len({p.block for p in head_plans}) == 1:
+            tables = mod.kernel_tables(head_plans, device)
+            tables.fwd_tables.fwd_static, tables.bwd_tables.bwd_static  # noqa: B018  (built now, not in a graph)
+            self._forward, self._backward = mod.forward_tables, mod.backward_tables
+            self.units = [(None, tables)]
+        elif len(distinct) == 1:
+            self.units = [(None, plans[0])]
+        else:
+            index = [[h for h, p in enumerate(pats) if p == d] for d in distinct]
+            self.units = [(torch.tensor(idx, device=device), plan) for idx, plan in zip(index, plans)]
+            order = torch.tensor([h for idx in index for h in idx])
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(order))
+            self.inverse = inverse.to(device)
 
-    def _check_dtype(self, q: torch.Tensor) -> None:
-        if q.dtype == torch.float64 and self.name not in ("reference", "torch"):
-            raise ValueError(f"float64 runs on the reference and torch backends, not {self.name!r}")
+    def _merge(self, parts: list[tuple]) -> tuple:
+        """Per-unit results (each a tuple of head-split tensors) back in head order."""
+        return tuple(torch.cat(xs, dim=1)[:, self.inverse].contiguous() for xs in zip(*parts))
 
     def forward(self, q, k, v, scale: float):
-        self._check_dtype(q)
-        if self.groups is None:
-            return self._fwd(q, k, v, scale)
-        parts = [self._fwd(q[:, sel], k[:, sel], v[:, sel], scale, plan)
-                 for sel, plan in zip(self.groups, self.plans)]
-        return tuple(torch.cat(xs, dim=1)[:, self.inverse].contiguous() for xs in zip(*parts))
+        if q.dtype == torch.float64 and self.name not in ("reference", "torch"):
+            raise ValueError(f"float64 runs on the reference and torch backends, not {self.name!r}")
+        if len(self.units) == 1:
+            return self._forward(q, k, v, self.units[0][1], scale)
+        return self._merge([self._forward(q[:, s], k[:, s], v[:, s], plan, scale) for s, plan in self.units])
 
     def backward(self, q, k, v, o, lse, do, scale: float):
-        if self.groups is None:
-            return self._bwd(q, k, v, o, lse, do, scale)
-        parts = [self._bwd(q[:, sel], k[:, sel], v[:, sel], o[:, sel], lse[:, sel], do[:, sel], scale, plan)
-                 for sel, plan in zip(self.groups, self.plans)]
-        return tuple(torch.cat(xs, dim=1)[:, self.inverse].contiguous() for xs in zip(*parts))
+        if len(self.units) == 1:
+            return self._backward(q, k, v, o, lse, do, self.units[0][1], scale)
+        return self._merge([self._backward(q[:, s], k[:, s], v[:, s], o[:, s], lse[:, s], do[:, s], plan, scale)
+                            for s, plan in self.units])
 
-    def _run_flex(self, q, k, v, scale):
-        """FlexAttention, differentiable on its own: one call per distinct plan, heads put back."""
-        if len(self.plans) == 1:
-            return self.mod.attention(q, k, v, self.plans[0], scale)
-        heads = [[h for h, p in enumerate(self.patterns) if p == d] for d in self.distinct]
-        out = q.new_empty(*q.shape[:3], v.shape[-1])
-        for idx, plan in zip(heads, self.plans):
-            sel = torch.tensor(idx, device=q.device)
-            out = out.index_copy(1, sel, self.mod.attention(q[:, sel], k[:, sel], v[:, sel], plan, scale))
-        return out
+    def run(self, q, k, v, scale: float):
+        """The direct (flex) backend, differentiable on its own: one call per unit."""
+        if len(self.units) == 1:
+            return self.mod.attention(q, k, v, self.units[0][1], scale)
+        return self._merge([(self.mod.attention(q[:, s], k[:, s], v[:, s], plan, scale),)
+                            for s, plan in self.units])[0]
 
     def matches(self, source) -> bool:
-        if isinstance(source, Pattern):
-            return source is self.source
-        return len(source) == len(self.patterns) and all(a is b for a, b in zip(source, self.patterns))
+        return _same_objects(self.source, source)
+
+
+def _identity(pattern):
+    """The cache key of a pattern argument: its id, or the ids of a list (None: not cacheable)."""
+    if isinstance(pattern, Pattern):
+        return id(pattern)
+    if isinstance(pattern, Sequence) and not isinstance(pattern, str):
+        return tuple(map(id, pattern))
+    return None
+
+
+def _same_objects(stored, given) -> bool:
+    """Whether ``given`` is the very pattern (or list of patterns) ``stored`` was made from."""
+    if isinstance(given, Pattern) or isinstance(stored, Pattern):
+        return stored is given
+    return len(stored) == len(given) and all(a is b for a, b in zip(stored, given))
 
 
 _ROUTES: dict[tuple, _Route] = {}
@@ -321,8 +311,7 @@ _MAX_ROUTES = 256
 
 def _route(backend: str, pattern, heads: int, n: int, device: torch.device) -> _Route:
     """The cached :class:`_Route` (keyed by the pattern objects' identities, checked on a hit)."""
-    ids = id(pattern) if isinstance(pattern, Pattern) else (
-        tuple(map(id, pattern)) if isinstance(pattern, Sequence) and not isinstance(pattern, str) else None)
+    ids = _identity(pattern)
     key = (backend, n, heads, device.type, device.index, os.environ.get("TRITON_INTERPRET"), ids)
     hit = _ROUTES.get(key) if ids is not None else None
     if hit is not None and hit.matches(pattern):

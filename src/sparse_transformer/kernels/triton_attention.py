@@ -898,6 +898,16 @@ def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     return _backward(q, k, v, o, lse, do, tabs, scale)
 
 
+def forward(q, k, v, plan: BlockPlan, scale: float):
+    """:func:`forward_tables` for one plan shared by the heads (its tables are cached)."""
+    return forward_tables(q, k, v, kernel_tables([plan] * q.shape[1], q.device), scale)
+
+
+def backward(q, k, v, o, lse, do, plan: BlockPlan, scale: float):
+    """:func:`backward_tables` for one plan shared by the heads."""
+    return backward_tables(q, k, v, o, lse, do, kernel_tables([plan] * q.shape[1], q.device), scale)
+
+
 @dataclass(frozen=True)
 class _TablesRoute:
     """Prepared tables as a route for :class:`~sparse_transformer.kernels.op.RouteFunction`."""
