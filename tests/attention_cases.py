@@ -29,8 +29,12 @@ def draw_pattern(data, kind: str, size: int, heads: int = 1):
 
 
 def run(q, k, v, pattern, backend, grad_out, **kw):
+    """Output and gradients of ``backend`` (a name, or a callable ``backend(q, k, v, pattern, **kw)``)."""
     q, k, v = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
-    out = sparse_attention(q, k, v, pattern, backend=backend, **kw)
+    if callable(backend):
+        out = backend(q, k, v, pattern, **kw)
+    else:
+        out = sparse_attention(q, k, v, pattern, backend=backend, **kw)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     return [out.detach(), *grads]
 
@@ -66,5 +70,5 @@ def assert_close_to_reference(q, k, v, pattern, backend, atol=None, **kw):
         assert torch.isfinite(f).all(), f"{name}: non-finite values"
         err = (f.double() - r).abs().max().item()
         base = (lo.double() - r).abs().max().item()
-        print(f"{backend} {name}: max err {err:.3e} (ref_lowprec {base:.3e}, mean {(f.double() - r).abs().mean().item():.3e})")
+        print(f"{getattr(backend, '__name__', backend)} {name}: max err {err:.3e} (ref_lowprec {base:.3e}, mean {(f.double() - r).abs().mean().item():.3e})")
         assert err <= 2 * base + atol, f"{name}: {err:.3e} > 2*{base:.3e} + {atol:.1e}"

@@ -6,6 +6,7 @@ masked visits, gathered tiles, ragged tails, segment merges (slots), per-head pl
 machine the same cases run compiled, plus the ``gpu``-marked cases at real sizes.
 """
 
+import dataclasses
 import os
 
 import pytest
@@ -20,7 +21,8 @@ from attention_cases import assert_close_to_reference
 
 from sparse_transformer import patterns as P
 from sparse_transformer import sparse_attention
-from sparse_transformer.kernels import triton_attention as TA
+from sparse_transformer.kernels import triton as TA
+from sparse_transformer.kernels.triton import launcher, tables
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Compiled fp32 dots use tf32 (about 1e-3 relative, docs/kernels.md); the interpreter computes fp32
@@ -33,6 +35,22 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 def qkv(b, h, n, d, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, h, n, d, generator=g).to(dtype).to(DEVICE) for _ in range(3)]
+
+
+def with_policy(policy, block=16):
+    """The triton backend under ``policy`` on ``block``-row plans, as a backend for
+    ``assert_close_to_reference``."""
+
+    def run(q, k, v, pattern, scale=None):
+        pats = pattern if isinstance(pattern, list) else [pattern] * q.shape[1]
+        plans = [p.plan(q.shape[2], block, q.device) for p in pats]
+        return TA.attention_multihead(q, k, v, plans, scale, policy=policy)
+
+    return run
+
+
+def policy(**changes):
+    return dataclasses.replace(TA.default_policy(), **changes)
 
 
 class _Block16:
@@ -92,13 +110,12 @@ def test_three_part_union_and_head_dim_padding():
 
 
 @pytest.mark.parametrize("inline", [True, False], ids=["delta-inline", "delta-prepass"])
-def test_backward_delta_inline_or_prepass(monkeypatch, inline):
+def test_backward_delta_inline_or_prepass(inline):
     """rowsum(dO * O) inside the backward programs (short walks) or from the delta pre-pass."""
-    monkeypatch.setattr(TA, "INLINE_DELTA", inline)
+    run = with_policy(policy(inline_delta_max_rows=2**20 if inline else 0))
     q, k, v = qkv(1, 2, 97, 32, torch.float32, seed=8)
-    with _Block16():
-        assert_close_to_reference(q, k, v, P.union(*P.factorized("fixed", 32, 8)), "triton", atol=FP32_ATOL)
-        assert_close_to_reference(q, k, v, [P.local(16), P.strided(16)], "triton", atol=FP32_ATOL)
+    assert_close_to_reference(q, k, v, P.union(*P.factorized("fixed", 32, 8)), run, atol=FP32_ATOL)
+    assert_close_to_reference(q, k, v, [P.local(16), P.strided(16)], run, atol=FP32_ATOL)
 
 
 @pytest.mark.parametrize("block", [64, 128])
@@ -137,71 +154,68 @@ def test_every_visit_kind():
         assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
 
 
-@pytest.mark.parametrize("block,qsub,ksub,fsub", [(32, 16, 32, 16), (64, 32, 16, 32), (128, 64, 64, 128),
-                                                 (128, 32, 64, 64)])
-def test_walks_in_steps(monkeypatch, block, qsub, ksub, fsub):
-    """The dK/dV walk in steps of part of a query tile, the dQ walk and the forward in steps of part
-    of a key tile (BWD_STEPS, FWD_STEPS), over every visit kind: rows from the middle of contiguous,
+@pytest.mark.parametrize("block,qsub,ksub", [(32, 16, 32), (64, 32, 16), (128, 64, 64), (128, 32, 64)])
+def test_walks_in_steps(block, qsub, ksub):
+    """The dK/dV walk in steps of part of a query tile and the dQ walk in steps of part of a key
+    tile (``LaunchPolicy.bwd_steps``), over every visit kind: rows from the middle of contiguous,
     strided and gathered tiles, and mask columns from inside a bit word (64-row tiles) or from the
     second word (128-row tiles)."""
-    from sparse_transformer import kernels
-
-    monkeypatch.setitem(TA.BWD_STEPS, (block, False), (qsub, ksub))
-    monkeypatch.setitem(TA.FWD_STEPS, (block, False), fsub)
-    monkeypatch.setattr(TA, "LONG_WALK", 10**6)  # these plans count as short walks
-    monkeypatch.setitem(kernels.PLAN_BLOCK, "triton", block)
+    run = with_policy(policy(bwd_steps={(block, False): (qsub, ksub)}, long_walk=10**6), block)
     n = 300
     heads = [P.strided(16), P.local(100), P.union(*P.factorized("fixed", 96, 24)), P.strided(7)]
     q, k, v = qkv(1, 4, n, 16, torch.float32, seed=12)
-    assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
+    assert_close_to_reference(q, k, v, heads, run, atol=FP32_ATOL)
 
 
-def test_long_walk_forward_on_its_own_tiles(monkeypatch):
-    """Long-walk plans run the forward on FWD_BLOCK_LONG's tiles and the backward on the plan's:
+def test_long_walk_forward_on_its_own_tiles():
+    """Long-walk plans run the forward on ``fwd_block_long``'s tiles and the backward on the plan's:
     the backward reads the forward's output and log-sum-exp by position, whatever the tiling."""
-    monkeypatch.setattr(TA, "LONG_WALK", 1)
-    monkeypatch.setitem(TA.FWD_BLOCK_LONG, 16, 32)
-    monkeypatch.delitem(TA.BWD_BLOCK_LONG, 16, raising=False)
+    pol = policy(long_walk=1, fwd_block_long={16: 32})
     pattern = P.union(*P.factorized("fixed", 32, 8))
-    tabs = TA.kernel_tables([pattern.plan(130, 16, DEVICE)], DEVICE)
+    tabs = TA.kernel_tables([pattern.plan(130, 16, DEVICE)], DEVICE, pol)
     assert tabs.long_walk and tabs.fwd_tables.block == 32 and tabs.fwd_tables.fwd_tables is tabs.fwd_tables
-    assert tabs.bwd_tables is tabs
+    assert tabs.fwd_tables.policy is pol
     q, k, v = qkv(1, 2, 130, 32, torch.float32, seed=13)
-    with _Block16():
-        assert_close_to_reference(q, k, v, pattern, "triton", atol=FP32_ATOL)
+    assert_close_to_reference(q, k, v, pattern, with_policy(pol), atol=FP32_ATOL)
 
 
-@pytest.mark.parametrize("fwd_block,bwd_block", [(32, 32), (16, 32), (32, 64)])
-def test_long_walk_backward_on_its_own_tiles(monkeypatch, fwd_block, bwd_block):
-    """Long-walk plans run the backward on BWD_BLOCK_LONG's tiles (the forward's tables when the
-    sizes agree), with its steps (BWD_STEPS of the long walk) and slots of those tables."""
-    monkeypatch.setattr(TA, "LONG_WALK", 1)
-    monkeypatch.setitem(TA.FWD_BLOCK_LONG, 16, fwd_block)
-    monkeypatch.setitem(TA.BWD_BLOCK_LONG, 16, bwd_block)
-    monkeypatch.setitem(TA.BWD_STEPS, (bwd_block, True), (bwd_block // 2, bwd_block // 2))
-    pattern = P.union(*P.factorized("fixed", 32, 8))
-    tabs = TA.kernel_tables([pattern.plan(130, 16, DEVICE)], DEVICE)
-    assert tabs.bwd_tables.block == bwd_block
-    assert (tabs.bwd_tables is tabs.fwd_tables) == (fwd_block == bwd_block)
-    q, k, v = qkv(1, 2, 130, 32, torch.float32, seed=15)
-    with _Block16():
-        assert_close_to_reference(q, k, v, pattern, "triton", atol=FP32_ATOL)
+def test_long_walk_two_segment_heads():
+    """The long-walk backward (delta pre-pass, longest-first work) on a fixed merged head and a
+    two-segment strided head in one launch (dQ and dK/dV slots)."""
+    heads = [P.union(*P.factorized("fixed", 32, 8)), P.union(*P.factorized("strided", 16))]
+    q, k, v = qkv(1, 2, 97, 32, torch.float32, seed=16)
+    assert_close_to_reference(q, k, v, heads, with_policy(policy(long_walk=1)), atol=FP32_ATOL)
 
 
-@pytest.mark.parametrize("order", ["position", "longest"])
-def test_short_walk_work_orders(monkeypatch, order):
-    """Both work orders of short-walk plans list every (head, tile) program once."""
-    monkeypatch.setattr(TA, "SHORT_WALK_ORDER", order)
+def test_short_walk_position_order():
+    """Short-walk plans list every (head, tile) program once, in position order: each tile's dK/dV
+    program next to its dQ program."""
     heads = [P.local(16), P.strided(16)]
     tabs = TA.kernel_tables([p.plan(97, 16, DEVICE) for p in heads], DEVICE)
     assert not tabs.long_walk
     bwd = tabs.bwd_items.long().cpu()
     assert len({tuple(r) for r in bwd.tolist()}) == bwd.shape[0] == 2 * tabs.qdesc.shape[0]
-    if order == "position":
-        assert bwd[0::2, 2].eq(0).all() and bwd[1::2, 2].eq(1).all()
+    assert bwd[0::2, 2].eq(0).all() and bwd[1::2, 2].eq(1).all()
     q, k, v = qkv(1, 2, 97, 32, torch.float32, seed=14)
     with _Block16():
         assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
+
+
+def test_policy_defaults_and_tables_per_policy():
+    """The default policy is one frozen object; tables are cached per (plans, device, policy)."""
+    pol = TA.default_policy()
+    assert pol is TA.default_policy()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pol.long_walk = 1
+    with pytest.raises(TypeError):
+        pol.configs[("fwd", 64)] = (1, 1, 1)
+    assert pol.launch_config("bwd", 64, 64, False) == (4, 1, 168)
+    assert pol.launch_config("bwd", 64, 128, True) == (4, 2, None)  # wide heads: no register cap
+    assert pol.steps(64, False) == (32, 64) and pol.steps(16, True) == (16, 16)
+    plans = [P.local(16).plan(97, 16, DEVICE)]
+    other = policy(long_walk=1)
+    assert TA.kernel_tables(plans, DEVICE) is TA.kernel_tables(plans, DEVICE, pol)
+    assert TA.kernel_tables(plans, DEVICE, other).policy is other and TA.kernel_tables(plans, DEVICE, other).long_walk
 
 
 def test_mask_bank_dedups():
@@ -238,7 +252,7 @@ def test_descriptors():
         [0, 1, 2, -1],
         [0, 5, 1, 7],
     ])
-    d = TA._descriptors(tiles)
+    d = tables._descriptors(tiles)
     r = torch.arange(4)
     for i in range(3):
         start, shift, s_in, s_out = d[i].tolist()
@@ -265,7 +279,7 @@ def test_bad_inputs():
 def test_spec_key_follows_triton_specialization():
     a = torch.zeros(64, dtype=torch.float16)
     b = torch.ones(64, dtype=torch.float16)
-    key = TA.spec_key
+    key = launcher.spec_key
     assert key((a, 32, 17, 0.5)) == key((b, 48, 19, 2.0))  # same dtype/alignment, same int classes
     assert key((a,)) != key((a.float(),))  # dtype
     assert key((a,)) != key((a[1:],))  # pointer no longer 16-byte aligned
@@ -324,15 +338,14 @@ class _Runtime:
 @pytest.fixture
 def direct_path(monkeypatch):
     """The launchers' state as on a CUDA machine with a supported Triton (stream 7, device 0)."""
-    monkeypatch.setattr(TA._Launcher, "state", {"ok": True, "reason": "", "runtime": _Runtime(),
-                                                "stream": lambda device: 7})
+    monkeypatch.setattr(launcher.Launcher, "state", {"ok": True, "reason": "", "runtime": _Runtime(),
+                                                     "stream": lambda device: 7})
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(TA, "DIRECT_LAUNCH", True)
 
 
 def test_launcher_direct_after_first_launch(direct_path):
     fake = _FakeKernel(3, 2)
-    launch = TA._Launcher(fake)
+    launch = launcher.Launcher(fake)
     x = torch.zeros(32)
     launch((4, 2), (x, 64, 0.5), (64, True), 4, 2)
     y = torch.ones(32)
@@ -358,7 +371,7 @@ def test_launcher_direct_after_first_launch(direct_path):
 def test_launcher_static_arguments(direct_path):
     """Static trailing arguments (the tables): keyed once per tuple object, passed as pointers."""
     fake = _FakeKernel(3, 1)
-    launch = TA._Launcher(fake)
+    launch = launcher.Launcher(fake)
     x, table = torch.zeros(8), torch.zeros(16, dtype=torch.int32)
     static = (table,)
     launch((1,), (x, 16), (4,), 4, 1, None, static)
@@ -372,20 +385,20 @@ def test_launcher_static_arguments(direct_path):
 
 def test_launcher_falls_back_for_good_on_mismatch(direct_path):
     fake = _FakeKernel(2, 1, fail_direct=True)
-    launch = TA._Launcher(fake)
+    launch = launcher.Launcher(fake)
     for _ in range(3):
         launch((1,), (torch.zeros(4), 16), (8,), 4, 1)
     assert [e[0] for e in fake.log] == ["triton"] * 3  # the failed direct call re-ran through Triton
-    assert TA._Launcher.state["ok"] is False and "failed" in TA._Launcher.state["reason"]
+    assert launcher.Launcher.state["ok"] is False and "failed" in launcher.Launcher.state["reason"]
 
 
 def test_launcher_checks_constexpr_positions(direct_path):
     fake = _FakeKernel(2, 1)  # kernel has 2 arguments + 1 constexpr; called with 1 + 2
-    launch = TA._Launcher(fake)
+    launch = launcher.Launcher(fake)
     launch((1,), (torch.zeros(4),), (16, 8), 4, 1)
     launch((1,), (torch.zeros(4),), (16, 8), 4, 1)
     assert [e[0] for e in fake.log] == ["triton"] * 2
-    assert TA._Launcher.state["ok"] is False
+    assert launcher.Launcher.state["ok"] is False
 
 
 def test_launcher_off_without_support(monkeypatch):
@@ -393,15 +406,15 @@ def test_launcher_off_without_support(monkeypatch):
         __version__ = "9.9.0"
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert TA._direct_launch_supported(Fake()) == (False, "TRITON_INTERPRET=1")
+    assert launcher.direct_launch_supported(Fake()) == (False, "TRITON_INTERPRET=1")
     monkeypatch.delenv("TRITON_INTERPRET")
-    ok, why = TA._direct_launch_supported(Fake())
+    ok, why = launcher.direct_launch_supported(Fake())
     assert not ok and "9.9.0" in why
     # Hooks set (a profiler): launch through Triton.
-    assert TA._hooks_idle(None) and TA._hooks_idle(_Hooks())
+    assert launcher._hooks_idle(None) and launcher._hooks_idle(_Hooks())
     busy = _Hooks()
     busy.calls = [print]
-    assert not TA._hooks_idle(busy)
+    assert not launcher._hooks_idle(busy)
 
 
 # ------------------------------------------------------------------------------------------
@@ -436,28 +449,13 @@ def test_gpu_direct_launch_same_results():
     q, k, v = (x.requires_grad_(True) for x in qkv(1, 4, 1500, 64, torch.bfloat16, seed=7))
     heads = [P.local(32), P.strided(32), P.union(*P.factorized("fixed", 128, 32)), P.local(32)]
     results = []
+    plans = [p.plan(1500, 64, DEVICE) for p in heads]
     for direct in (False, True, True):
-        TA.DIRECT_LAUNCH = direct
-        try:
-            out = sparse_attention(q, k, v, heads, backend="triton")
-            results.append([out, *torch.autograd.grad(out, (q, k, v), torch.ones_like(out))])
-        finally:
-            TA.DIRECT_LAUNCH = True
+        out = TA.attention_multihead(q, k, v, plans, policy=policy(direct_launch=direct))
+        results.append([out, *torch.autograd.grad(out, (q, k, v), torch.ones_like(out))])
     for a, b in zip(results[0], results[2]):
         assert torch.equal(a, b)
     stats = TA.launch_stats()
     print(stats)
     if stats["direct_ok"]:
         assert stats["fwd_kernel"]["direct"] >= 1 and stats["bwd_kernel"]["direct"] >= 1
-
-
-@pytest.mark.parametrize("atomic", [False, True])
-def test_long_walk_backward_atomic_dq(monkeypatch, atomic):
-    """Long walks with ATOMIC_DQ_LONG: the dK/dV programs add dQ (float32 atomics), no dQ programs
-    run; two-segment heads too (their dQ needs no slots then)."""
-    monkeypatch.setattr(TA, "LONG_WALK", 1)
-    monkeypatch.setattr(TA, "ATOMIC_DQ_LONG", atomic)
-    heads = [P.union(*P.factorized("fixed", 32, 8)), P.union(*P.factorized("strided", 16))]
-    q, k, v = qkv(1, 2, 97, 32, torch.float32, seed=16)
-    with _Block16():
-        assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)

@@ -33,7 +33,7 @@ BACKENDS = ("auto", "reference", "torch", "triton", "flex")
 _MODULES = {
     "reference": "reference",
     "torch": "torch_sparse",
-    "triton": "triton_attention",
+    "triton": "triton",
     "flex": "flex_attention",
 }
 # Tile size each backend's plans use (measured: the torch backend on 2 CPU cores is fastest at 64
@@ -248,7 +248,7 @@ class _Route:
         head_plans = [plans[distinct.index(p)] for p in pats]
         if name == "triton" and len({p.block for p in head_plans}) == 1:
             tables = mod.kernel_tables(head_plans, device)
-            tables.fwd_tables.fwd_static, tables.bwd_tables.bwd_static  # noqa: B018  (built now, not in a graph)
+            tables.fwd_tables.fwd_static, tables.bwd_static  # noqa: B018  (built now, not in a graph)
             self._forward, self._backward = mod.forward_tables, mod.backward_tables
             self.units = [(None, tables)]
         elif len(distinct) == 1:

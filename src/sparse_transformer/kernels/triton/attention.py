@@ -1,0 +1,233 @@
+"""The Triton backend's host side: forward and backward over kernel tables, and the public wrappers.
+
+``forward_tables`` / ``backward_tables`` launch the kernels of :mod:`.kernels` over prepared
+:class:`~.tables.KernelTables` (under the tables' launch policy); ``attention`` /
+``attention_multihead`` / ``attention_tables`` are the differentiable entry points (the autograd
+function is the dispatcher's :class:`~sparse_transformer.kernels.op.RouteFunction`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ...patterns import BlockPlan
+from .launcher import kernels
+from .policy import LaunchPolicy
+from .tables import KernelTables, kernel_tables
+
+LOG2E = 1.4426950408889634
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_CAPABLE: dict[int, bool] = {}  # device index -> compute capability >= 8.0 (asked once)
+
+
+def available(device: torch.device | str) -> bool:
+    """Triton importable, and CUDA with compute capability >= 8.0 or the Triton interpreter."""
+    device = torch.device(device)
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return device.type in ("cpu", "cuda")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABLE:
+        _CAPABLE[index] = torch.cuda.get_device_capability(index)[0] >= 8
+    return _CAPABLE[index]
+
+
+def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride()[:3]
+
+
+def _last_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _pow2(x: int) -> int:
+    return max(16, 1 << (int(x) - 1).bit_length())
+
+
+def _forward(q, k, v, tabs: KernelTables, scale: float):
+    kern = kernels()
+    policy = tabs.policy
+    bsz, h, n, d_qk = q.shape
+    d_v = v.shape[-1]
+    blk = tabs.block
+    o = torch.empty(bsz, h, n, d_v, device=q.device, dtype=q.dtype)
+    lse = torch.empty(bsz, h, n, device=q.device, dtype=torch.float32)
+    rows = max(tabs.n_qslots, 1) * blk
+    if tabs.n_qslots:
+        o_slots = torch.empty(bsz, h, rows, d_v, device=q.device, dtype=torch.float32)
+        lse_slots = torch.empty(bsz, h, rows, device=q.device, dtype=torch.float32)
+    else:
+        o_slots, lse_slots = o, lse  # never written (no slot tiles)
+    warps, stages, maxnreg = policy.launch_config("fwd", blk, max(d_qk, d_v), tabs.long_walk)
+    kern.fwd_kernel(
+        (tabs.fwd_items.shape[0], bsz),
+        (q, k, v, o, lse, o_slots, lse_slots, *_strides3(q), *_strides3(k), *_strides3(v), h, n, rows,
+         scale * LOG2E),
+        (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v)),  # BLOCK D DV BD BDV
+        warps, stages, maxnreg, tabs.fwd_static, policy.direct_launch,
+    )
+    for items in tabs.q_round_items:
+        kern.merge_kernel(
+            (items.shape[0], bsz), (o, lse, o_slots, lse_slots, h, n, rows, tabs.qdesc, tabs.qpos, items),
+            (blk, d_v, _pow2(d_v)), 4, 3, None, (), policy.direct_launch,  # BLOCK DV BDV
+        )
+    return o, lse
+
+
+def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
+    kern = kernels()
+    policy = tabs.policy
+    bsz, h, n, d_qk = q.shape
+    d_v = v.shape[-1]
+    blk = tabs.block
+    direct = policy.direct_launch
+    # Short walks (each query tile visited by few key tiles): rowsum(dO * O) is computed inside the
+    # backward programs, one launch less. Long walks (the fixed pattern's summary columns) would
+    # recompute it for every visit, so they keep the pre-pass.
+    inline_delta = policy.inline_delta(tabs.long_walk, bsz * h * n)
+    if inline_delta:
+        delta = lse  # not read
+    else:
+        delta = torch.empty_like(lse)
+        kern.delta_kernel((-(-n // 128), bsz * h), (o, do, delta, h, n, *_strides3(do)), (128, d_v, _pow2(d_v)),
+                          4, 3, None, (), direct)
+    dq = torch.empty(bsz, h, n, d_qk, device=q.device, dtype=q.dtype)
+    alloc = torch.zeros if tabs.zero_dkv else torch.empty
+    dk = alloc(bsz, h, n, d_qk, device=q.device, dtype=k.dtype)
+    dv = alloc(bsz, h, n, d_v, device=q.device, dtype=v.dtype)
+    qrows = max(tabs.n_qslots, 1) * blk
+    krows = max(tabs.n_kslots, 1) * blk
+    dq_slots = torch.empty(bsz, h, qrows, d_qk, device=q.device, dtype=torch.float32) if tabs.n_qslots else dq
+    if tabs.n_kslots:
+        dk_slots = torch.empty(bsz, h, krows, d_qk, device=q.device, dtype=torch.float32)
+        dv_slots = torch.empty(bsz, h, krows, d_v, device=q.device, dtype=torch.float32)
+    else:
+        dk_slots, dv_slots = dk, dv
+    qsub, ksub = policy.steps(blk, tabs.long_walk)
+    warps, stages, maxnreg = policy.launch_config("bwd", blk, max(d_qk, d_v), tabs.long_walk)
+    kern.bwd_kernel(
+        (tabs.bwd_items.shape[0], bsz),
+        (q, k, v, do, o, dq, dk, dv, lse, delta, dq_slots, dk_slots, dv_slots,
+         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), h, n, qrows, krows, scale, scale * LOG2E),
+        (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v), inline_delta, qsub, ksub),  # ... INLINE_DELTA QSUB KSUB
+        warps, stages, maxnreg, tabs.bwd_static, direct,
+    )
+    for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
+        kern.add_slots_kernel(
+            (items.shape[0], bsz), (dq, dq_slots, dq, dq_slots, h, n, qrows, tabs.qdesc, tabs.qpos, items),
+            (blk, d_qk, _pow2(d_qk), d_qk, _pow2(d_qk), False), 4, 3, None, (), direct,
+        )
+    for items in tabs.k_round_items:
+        kern.add_slots_kernel(
+            (items.shape[0], bsz), (dk, dk_slots, dv, dv_slots, h, n, krows, tabs.kdesc, tabs.kpos, items),
+            (blk, d_qk, _pow2(d_qk), d_v, _pow2(d_v), True), 4, 3, None, (), direct,
+        )
+    return dq, dk, dv
+
+
+def forward_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
+    """(out, lse) over prepared :func:`~.tables.kernel_tables`: out (batch, heads, seq, head_dim_v) in
+    q's dtype, lse (batch, heads, seq) float32 (log2 domain). q, k, v may be strided views (last dim
+    contiguous)."""
+    if q.shape[1] != tabs.heads or q.shape[2] != tabs.n:
+        raise ValueError(f"tables built for {tabs.heads} heads and n={tabs.n}, inputs have "
+                         f"{q.shape[1]} heads and n={q.shape[2]}")
+    _check_tensors(q, v)
+    q, k, v = (_last_contiguous(x) for x in (q, k, v))
+    return _forward(q, k, v, tabs.fwd_tables, scale)
+
+
+def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
+    """dQ, dK, dV of :func:`forward_tables` from its output and log-sum-exp."""
+    q, k, v, do = (_last_contiguous(x) for x in (q, k, v, do))
+    return _backward(q, k, v, o, lse, do, tabs, scale)
+
+
+def forward(q, k, v, plan: BlockPlan, scale: float):
+    """:func:`forward_tables` for one plan shared by the heads (its tables are cached)."""
+    return forward_tables(q, k, v, kernel_tables([plan] * q.shape[1], q.device), scale)
+
+
+def backward(q, k, v, o, lse, do, plan: BlockPlan, scale: float):
+    """:func:`backward_tables` for one plan shared by the heads."""
+    return backward_tables(q, k, v, o, lse, do, kernel_tables([plan] * q.shape[1], q.device), scale)
+
+
+@dataclass(frozen=True)
+class _TablesRoute:
+    """Prepared tables as a route for :class:`~sparse_transformer.kernels.op.RouteFunction`."""
+
+    tabs: KernelTables
+
+    def forward(self, q, k, v, scale: float):
+        return forward_tables(q, k, v, self.tabs, scale)
+
+    def backward(self, q, k, v, o, lse, do, scale: float):
+        return backward_tables(q, k, v, o, lse, do, self.tabs, scale)
+
+
+def _check_tensors(q, v) -> None:
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"the triton backend takes float16, bfloat16 or float32, got {q.dtype}")
+    d_qk, d_v = q.shape[-1], v.shape[-1]
+    if d_qk > 256 or d_v > 256:
+        raise ValueError(f"the triton backend supports head dims up to 256, got {d_qk} and {d_v}")
+
+
+def _check_plans(n: int, plans: list[BlockPlan]) -> None:
+    for p in plans:
+        if p.n != n:
+            raise ValueError(f"plan built for n={p.n}, inputs have n={n}")
+        if p.block < 16 or p.block & (p.block - 1):
+            raise ValueError(f"the triton backend needs a power-of-two plan block >= 16, got {p.block}")
+    if len({p.block for p in plans}) > 1:
+        raise ValueError(f"the heads' plans have tile sizes {sorted({p.block for p in plans})}; one launch "
+                         "takes one tile size (the dispatcher runs each size on its own)")
+
+
+def attention_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
+    """Differentiable attention over prepared :func:`~.tables.kernel_tables` (checks the tensors
+    against the tables, then :func:`forward_tables`; the backward is :func:`backward_tables`)."""
+    from ..op import RouteFunction
+
+    return RouteFunction.apply(q, k, v, _TablesRoute(tabs), scale)
+
+
+def attention_multihead(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: list[BlockPlan], scale: float | None = None,
+    policy: LaunchPolicy | None = None,
+) -> torch.Tensor:
+    """Block-sparse attention with one plan per head, all heads in the same launches.
+
+    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plans``: ``heads``
+    plans of one sequence length (``pattern.plan(seq, block, device)``). Returns (batch, heads, seq,
+    head_dim_v) in q's dtype; differentiable in q, k and v. float16, bfloat16, float32 (tf32 dots).
+    ``policy``: the launch policy (default: :func:`~.policy.default_policy`).
+    """
+    if len(plans) != q.shape[1]:
+        raise ValueError(f"got {len(plans)} plans for {q.shape[1]} heads")
+    _check_tensors(q, v)
+    _check_plans(q.shape[2], plans)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return attention_tables(q, k, v, kernel_tables(plans, q.device, policy), scale)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float | None = None,
+    policy: LaunchPolicy | None = None,
+) -> torch.Tensor:
+    """Block-sparse attention for one plan shared by all heads.
+
+    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plan`` from
+    ``pattern.plan(seq, block, device)`` (block a power of two >= 16). Returns (batch, heads, seq,
+    head_dim_v) in q's dtype; differentiable in q, k and v. float16, bfloat16, float32 (tf32 dots).
+    """
+    return attention_multihead(q, k, v, [plan] * q.shape[1], scale, policy)

@@ -1,0 +1,492 @@
+"""The ``@triton.jit`` kernels of the Triton backend (importing this imports Triton).
+
+After Triton's fused-attention tutorial: each walk (the forward's and the dQ programs' walk of a
+query tile over its key tiles, the dK/dV programs' walk of a key tile over the query tiles that see
+it) is one inner-loop helper, called once per visit kind (``VISIT_KINDS`` of :mod:`.tables`:
+contiguous fast, fast, causal, mask tile, gathered) with the kind as a compile-time parameter, so
+each kind compiles to a loop of its own (no mask, no gather, no row checks where the kind needs
+none). Kernels: ``fwd_kernel``, ``merge_kernel`` (log-sum-exp merge of segment slots),
+``delta_kernel`` (rowsum(dO * O) for long walks; short walks compute it inside the backward),
+``bwd_kernel`` (dK/dV and dQ programs in one launch) and ``add_slots_kernel`` (slot reduction).
+Scores live in the log2 domain (``qk_scale = scale * log2(e)``, exp2); the saved log-sum-exp is
+log2-based too. Table layouts: :mod:`.tables`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Visit kinds, in the order of each visit list (VISIT_KINDS in tables.py).
+CONTIGUOUS = tl.constexpr(0)  # every pair allowed, the visited tile contiguous and 16-aligned
+FAST = tl.constexpr(1)  # every pair allowed, both tiles' rows progressions
+CAUSAL_TILE = tl.constexpr(2)  # progressions, plain causality
+MASK_TILE = tl.constexpr(3)  # progressions under a mask of the plan's bank
+GATHERED = tl.constexpr(4)  # padding or position-table rows: the general path
+
+# ---------------------------------------------------------------------------------------------
+# Tile rows and element masks
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rows_from(start, shift, step_in, step_out, pos_row, c0, R: tl.constexpr):
+    """Original positions of a tile's rows c0 .. c0+R-1: two-level arithmetic progression, or
+    gathered from the tile's position-table row (start < 0)."""
+    offs = c0 + tl.arange(0, R)
+    progression = start + (offs >> shift) * step_out + (offs & ((1 << shift) - 1)) * step_in
+    gathered = tl.load(pos_row + offs, mask=(offs * 0 + start) < 0, other=-1)
+    return tl.where(start >= 0, progression, gathered)
+
+
+@triton.jit
+def _tile_rows(desc, pos, t, BLOCK: tl.constexpr):
+    """The rows of the program's own tile ``t`` (descriptor table ``desc``, position table ``pos``)."""
+    dp = desc + t * 5
+    return _rows_from(tl.load(dp), tl.load(dp + 1), tl.load(dp + 2), tl.load(dp + 3), pos + t * BLOCK, 0, BLOCK)
+
+
+@triton.jit
+def _visited_rows(vis, pos, e, c0, BLOCK: tl.constexpr, R: tl.constexpr, KIND: tl.constexpr):
+    """Rows c0 .. c0+R-1 of the tile named by visit ``e`` (its descriptor is stored inline in the
+    visit). Contiguous tiles: start + c0 + 0..R-1 with start a multiple of 16 (checked on the host)
+    and c0 a multiple of R, so the compiler knows the loads are contiguous and aligned. Other fast,
+    causal and mask-tile visits: always a progression, no table gather. Gathered: the general form."""
+    vp = vis + e * 6
+    if KIND == CONTIGUOUS:
+        rows = tl.multiple_of(tl.load(vp + 2), 16) + c0 + tl.arange(0, R)
+    elif KIND == GATHERED:
+        rows = _rows_from(tl.load(vp + 2), tl.load(vp + 3), tl.load(vp + 4), tl.load(vp + 5),
+                          pos + tl.load(vp) * BLOCK, c0, R)
+    else:
+        offs = c0 + tl.arange(0, R)
+        shift = tl.load(vp + 3)
+        rows = tl.load(vp + 2) + (offs >> shift) * tl.load(vp + 5) + (offs & ((1 << shift) - 1)) * tl.load(vp + 4)
+    return rows
+
+
+@triton.jit
+def _load_rows(base, rows, stride, offs_d, D: tl.constexpr, BD: tl.constexpr, ROWMASK: tl.constexpr):
+    ptrs = base + rows.to(tl.int64)[:, None] * stride + offs_d[None, :]
+    if ROWMASK:
+        if BD == D:
+            x = tl.load(ptrs, mask=(rows >= 0)[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(rows >= 0)[:, None] & (offs_d < D)[None, :], other=0.0)
+    else:
+        if BD == D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=(offs_d < D)[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _query_key(own, rows, TRANS: tl.constexpr):
+    """(query positions, key positions) broadcast to the score tile of a visit: (queries, keys) when
+    the program's own tile holds the queries, (keys, queries) with TRANS (its own tile holds keys)."""
+    if TRANS:
+        return rows[None, :], own[:, None]
+    else:
+        return own[:, None], rows[None, :]
+
+
+@triton.jit
+def _mask_bits(masks, code, c0, BLOCK: tl.constexpr, TRANS: tl.constexpr, R: tl.constexpr):
+    """Columns c0 .. c0+R-1 (R = BLOCK: all) of mask tile ``code`` from its bit words ((M, 2,
+    BLOCK, W) int64, row r's column c at bit c % 64 of word c // 64; R <= 64 columns lie in one
+    word): one word load per row, then shifts in the score tile's own layout."""
+    offs = tl.arange(0, BLOCK)
+    if BLOCK <= 64:
+        word = tl.load(masks + (code * 2 + TRANS) * BLOCK + offs)
+        bits = (word[:, None] >> (c0 + tl.arange(0, R)).to(tl.int64)[None, :]) & 1
+    elif R <= 64:
+        W2: tl.constexpr = BLOCK // 64
+        word = tl.load(masks + (code * 2 + TRANS) * BLOCK * W2 + offs * W2 + c0 // 64)
+        bits = (word[:, None] >> ((c0 % 64) + tl.arange(0, R)).to(tl.int64)[None, :]) & 1
+    else:
+        W: tl.constexpr = BLOCK // 64
+        base = masks + (code * 2 + TRANS) * BLOCK * W + offs * W
+        sh = (offs & 63).to(tl.int64)
+        bits = tl.zeros([BLOCK, BLOCK], tl.int64)
+        for w in tl.static_range(W):
+            part = (tl.load(base + w)[:, None] >> sh[None, :]) & 1
+            bits = tl.where(((offs >> 6) == w)[None, :], part, bits)
+    return bits != 0
+
+
+@triton.jit
+def _visit_mask(vis, masks, e, own, rows, c0, BLOCK: tl.constexpr, R: tl.constexpr, KIND: tl.constexpr,
+                TRANS: tl.constexpr):
+    """Element mask of visit ``e`` whose visited tile's rows c0 .. c0+R-1 are ``rows`` (the program's
+    own tile: ``own``), as (queries, keys), or (keys, queries) with TRANS (a key tile's walk); 0
+    (unused) for the fast kinds. A gathered visit's code: -1 every pair, -2 causal, m >= 0 the
+    plan's mask tile m (padding and causality included); padding rows (-1) are masked for -1/-2."""
+    if KIND < CAUSAL_TILE:
+        ok = 0
+    elif KIND == CAUSAL_TILE:
+        x, y = _query_key(own, rows, TRANS)
+        ok = y <= x
+    elif KIND == MASK_TILE:
+        ok = _mask_bits(masks, tl.load(vis + e * 6 + 1), c0, BLOCK, TRANS, R)
+    else:
+        code = tl.load(vis + e * 6 + 1)
+        if code >= 0:
+            ok = _mask_bits(masks, code, c0, BLOCK, TRANS, R)
+        else:
+            x, y = _query_key(own, rows, TRANS)
+            ok = ((y <= x) | (code == -1)) & (x >= 0) & (y >= 0)
+    return ok
+
+
+@triton.jit
+def _kind_end(ptr, split, t, first, KIND: tl.constexpr):
+    """Where tile ``t``'s visits of kind KIND end in its list (``first``: where the list starts)."""
+    if KIND < GATHERED:
+        end = first + tl.load(split + 4 * t + KIND)
+    else:
+        end = tl.load(ptr + t + 1)
+    return end
+
+
+@triton.jit
+def _store_rows(X, XS, bh, N, SROWS, x, rows, slot, offs, offs_d, D: tl.constexpr, BLOCK: tl.constexpr):
+    """A tile's result rows: to its positions in X (``slot`` < 0: the tile owns them) or, as
+    float32, to slot ``slot`` of XS; padding rows (-1) are skipped."""
+    mask = (rows >= 0)[:, None] & (offs_d < D)[None, :]
+    if slot < 0:
+        r = rows.to(tl.int64)
+        tl.store(X + bh * N * D + r[:, None] * D + offs_d[None, :], x.to(X.dtype.element_ty), mask=mask)
+    else:
+        r = (slot * BLOCK + offs).to(tl.int64)
+        tl.store(XS + bh * SROWS * D + r[:, None] * D + offs_d[None, :], x, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, MASKED: tl.constexpr):
+    """One visit of the forward: scores, online softmax update (log2 domain; the scale is applied
+    inside the exponent's multiply-add, not as a separate pass over the scores)."""
+    s = tl.dot(q, tl.trans(k))
+    if MASKED:
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_use = m_new
+    alpha = tl.math.exp2(m_i - m_use)
+    p = tl.math.exp2(s * qk_scale - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _fwd_walk(m_i, l_i, acc, q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, lo, hi, qk_scale,
+              offs_d, offs_dv, BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+              BDV: tl.constexpr, KIND: tl.constexpr):
+    """A query tile's visits lo .. hi-1 of one kind: online softmax over their key tiles."""
+    for e in range(lo, hi):
+        kj = _visited_rows(fvis, kpos, e, 0, BLOCK, BLOCK, KIND)
+        k = _load_rows(k_base, kj, stride_kn, offs_d, D, BD, KIND == GATHERED)
+        v = _load_rows(v_base, kj, stride_vn, offs_dv, DV, BDV, KIND == GATHERED)
+        ok = _visit_mask(fvis, masks, e, qi, kj, 0, BLOCK, BLOCK, KIND, False)
+        m_i, l_i, acc = _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, KIND >= CAUSAL_TILE)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def fwd_kernel(
+    Q, K, V, O, LSE, OS, LSES,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    H, N, SROWS, qk_scale,
+    qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items,
+    BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+):
+    """A query tile's output and log2-sum-exp: online softmax over its visit list, kind by kind."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.load(items + 2 * pid).to(tl.int64)
+    t = tl.load(items + 2 * pid + 1)
+    bh = b * H + h
+    offs = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    qi = _tile_rows(qdesc, qpos, t, BLOCK)
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, qi, stride_qn, offs_d, D, BD, True)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK, BDV], tl.float32)
+    first = tl.load(fptr + t)
+    hi = first
+    for kind in tl.static_range(5):
+        lo = hi
+        hi = _kind_end(fptr, fsplit, t, first, kind)
+        m_i, l_i, acc = _fwd_walk(m_i, l_i, acc, q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks,
+                                  lo, hi, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, kind)
+    l_ok = l_i > 0
+    l_safe = tl.where(l_ok, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(l_ok, m_i + tl.math.log2(l_safe), float("-inf"))
+    slot = tl.load(qdesc + t * 5 + 4)
+    _store_rows(O, OS, bh, N, SROWS, o, qi, slot, offs, offs_dv, DV, BLOCK)
+    if slot < 0:
+        tl.store(LSE + bh * N + qi.to(tl.int64), lse, mask=qi >= 0)
+    else:
+        tl.store(LSES + bh * SROWS + (slot * BLOCK + offs).to(tl.int64), lse, mask=qi >= 0)
+
+
+@triton.jit
+def merge_kernel(
+    O, LSE, OS, LSES, H, N, SROWS, qdesc, qpos, items,
+    BLOCK: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+):
+    """Fold one slot segment into (O, LSE): log-sum-exp weighted sum of the two partial outputs."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.load(items + 2 * pid).to(tl.int64)
+    t = tl.load(items + 2 * pid + 1)
+    bh = b * H + h
+    offs = tl.arange(0, BLOCK)
+    offs_dv = tl.arange(0, BDV)
+    qi = _tile_rows(qdesc, qpos, t, BLOCK)
+    valid = qi >= 0
+    rows = qi.to(tl.int64)
+    srow = (tl.load(qdesc + t * 5 + 4) * BLOCK + offs).to(tl.int64)
+    mask2 = valid[:, None] & (offs_dv < DV)[None, :]
+    l0 = tl.load(LSE + bh * N + rows, mask=valid, other=float("-inf"))
+    l1 = tl.load(LSES + bh * SROWS + srow, mask=valid, other=float("-inf"))
+    m = tl.maximum(l0, l1)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w0 = tl.math.exp2(l0 - m)
+    w1 = tl.math.exp2(l1 - m)
+    tot = w0 + w1
+    optr = O + bh * N * DV + rows[:, None] * DV + offs_dv[None, :]
+    o0 = tl.load(optr, mask=mask2, other=0.0).to(tl.float32)
+    o1 = tl.load(OS + bh * SROWS * DV + srow[:, None] * DV + offs_dv[None, :], mask=mask2, other=0.0)
+    tot_safe = tl.where(tot > 0, tot, 1.0)
+    o = (o0 * w0[:, None] + o1 * w1[:, None]) / tot_safe[:, None]
+    tl.store(optr, o.to(O.dtype.element_ty), mask=mask2)
+    tl.store(LSE + bh * N + rows, tl.where(tot > 0, m + tl.math.log2(tot_safe), float("-inf")), mask=valid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def delta_kernel(O, DO, DELTA, H, N, stride_dob, stride_doh, stride_don, BLOCK: tl.constexpr, DV: tl.constexpr,
+                 BDV: tl.constexpr):
+    """delta[i] = sum_d dO[i, d] * O[i, d] (float32)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rows = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    offs_dv = tl.arange(0, BDV)
+    mask = (rows < N)[:, None] & (offs_dv < DV)[None, :]
+    o = tl.load(O + bh * N * DV + rows[:, None] * DV + offs_dv[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_don + offs_dv[None, :], mask=mask,
+                 other=0.0).to(tl.float32)
+    tl.store(DELTA + bh * N + rows, tl.sum(o * do, 1), mask=rows < N)
+
+
+@triton.jit
+def _query_side(q_base, do_base, o_base, lse_base, delta_base, qi, stride_qn, stride_don, offs_d, offs_dv,
+                D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                ROWMASK: tl.constexpr, INLINE_DELTA: tl.constexpr):
+    """A query tile's q, dO, log-sum-exp and delta = rowsum(dO * O) (inline, or from the pre-pass)."""
+    q = _load_rows(q_base, qi, stride_qn, offs_d, D, BD, ROWMASK)
+    do = _load_rows(do_base, qi, stride_don, offs_dv, DV, BDV, ROWMASK)
+    if ROWMASK:
+        lse = tl.load(lse_base + qi, mask=qi >= 0, other=0.0)
+    else:
+        lse = tl.load(lse_base + qi)
+    if INLINE_DELTA:
+        o = _load_rows(o_base, qi, DV, offs_dv, DV, BDV, ROWMASK)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    elif ROWMASK:
+        delta = tl.load(delta_base + qi, mask=qi >= 0, other=0.0)
+    else:
+        delta = tl.load(delta_base + qi)
+    return q, do, lse, delta
+
+
+@triton.jit
+def _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, stride_qn, stride_don,
+               bvis, qpos, masks, lo, hi, qk_scale, offs_d, offs_dv,
+               BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+               INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KIND: tl.constexpr):
+    """A key tile's visits lo // (BLOCK // QSUB) .. of one kind, each visited query tile in steps of
+    QSUB rows: accumulate dK (unscaled) and dV, in (keys, queries) layout."""
+    NSUB: tl.constexpr = BLOCK // QSUB
+    for i in range(lo, hi):
+        e = i // NSUB
+        c0 = (i % NSUB) * QSUB
+        qi = _visited_rows(bvis, qpos, e, c0, BLOCK, QSUB, KIND)
+        q, do, lse, delta = _query_side(q_base, do_base, o_base, lse_base, delta_base, qi, stride_qn, stride_don,
+                                        offs_d, offs_dv, D, DV, BD, BDV, KIND == GATHERED, INLINE_DELTA)
+        ok = _visit_mask(bvis, masks, e, kj, qi, c0, BLOCK, QSUB, KIND, True)
+        p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+        if KIND >= CAUSAL_TILE:
+            p_t = tl.where(ok, p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do)
+        ds_t = p_t * (tl.dot(v, tl.trans(do)) - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q)
+    return dk, dv
+
+
+@triton.jit
+def _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, lo, hi, qk_scale,
+             offs_d, offs_dv, BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+             BDV: tl.constexpr, KSUB: tl.constexpr, KIND: tl.constexpr):
+    """A query tile's visits of one kind, each visited key tile in steps of KSUB rows: accumulate dQ
+    (unscaled)."""
+    NSUB: tl.constexpr = BLOCK // KSUB
+    for i in range(lo, hi):
+        e = i // NSUB
+        c0 = (i % NSUB) * KSUB
+        kj = _visited_rows(fvis, kpos, e, c0, BLOCK, KSUB, KIND)
+        k = _load_rows(k_base, kj, stride_kn, offs_d, D, BD, KIND == GATHERED)
+        v = _load_rows(v_base, kj, stride_vn, offs_dv, DV, BDV, KIND == GATHERED)
+        ok = _visit_mask(fvis, masks, e, qi, kj, c0, BLOCK, KSUB, KIND, False)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+        if KIND >= CAUSAL_TILE:
+            p = tl.where(ok, p, 0.0)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
+def _dkdv_program(K, V, DK, DV_, DKS, DVS, q_base, do_base, o_base, lse_base, delta_base,
+                  stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_qn, stride_don,
+                  b, h, bh, N, KROWS, tile, qpos, kdesc, kpos, bvis, bptr, bsplit, masks, scale, qk_scale,
+                  BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                  INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr):
+    """dK, dV of key tile ``tile``: walk the query tiles that see it (its transposed visit list),
+    kind by kind, each in steps of QSUB rows."""
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    kj = _tile_rows(kdesc, kpos, tile, BLOCK)
+    k = _load_rows(K + b * stride_kb + h * stride_kh, kj, stride_kn, offs_d, D, BD, True)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, kj, stride_vn, offs_dv, DV, BDV, True)
+    dk = tl.zeros([BLOCK, BD], tl.float32)
+    dv = tl.zeros([BLOCK, BDV], tl.float32)
+    NSUB: tl.constexpr = BLOCK // QSUB
+    first = tl.load(bptr + tile)
+    hi = first
+    for kind in tl.static_range(5):
+        lo = hi
+        hi = _kind_end(bptr, bsplit, tile, first, kind)
+        dk, dv = _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, stride_qn, stride_don,
+                            bvis, qpos, masks, lo * NSUB, hi * NSUB, qk_scale, offs_d, offs_dv,
+                            BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB, kind)
+    slot = tl.load(kdesc + tile * 5 + 4)
+    offs = tl.arange(0, BLOCK)
+    _store_rows(DK, DKS, bh, N, KROWS, dk * scale, kj, slot, offs, offs_d, D, BLOCK)
+    _store_rows(DV_, DVS, bh, N, KROWS, dv, kj, slot, offs, offs_dv, DV, BLOCK)
+
+
+@triton.jit
+def _dq_program(K, V, DQ, DQS, q_base, do_base, o_base, lse_base, delta_base,
+                stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_qn, stride_don,
+                b, h, bh, N, QROWS, tile, qdesc, qpos, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
+                BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+                INLINE_DELTA: tl.constexpr, KSUB: tl.constexpr):
+    """dQ of query tile ``tile``: walk its visit list again, kind by kind, each visited key tile in
+    steps of KSUB rows."""
+    offs_d = tl.arange(0, BD)
+    offs_dv = tl.arange(0, BDV)
+    qi = _tile_rows(qdesc, qpos, tile, BLOCK)
+    q, do, lse, delta = _query_side(q_base, do_base, o_base, lse_base, delta_base, qi, stride_qn, stride_don,
+                                    offs_d, offs_dv, D, DV, BD, BDV, True, INLINE_DELTA)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    dq = tl.zeros([BLOCK, BD], tl.float32)
+    NSUB: tl.constexpr = BLOCK // KSUB
+    first = tl.load(fptr + tile)
+    hi = first
+    for kind in tl.static_range(5):
+        lo = hi
+        hi = _kind_end(fptr, fsplit, tile, first, kind)
+        dq = _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks,
+                      lo * NSUB, hi * NSUB, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, KSUB, kind)
+    _store_rows(DQ, DQS, bh, N, QROWS, dq * scale, qi, tl.load(qdesc + tile * 5 + 4), tl.arange(0, BLOCK), offs_d,
+                D, BLOCK)
+
+
+@triton.jit
+def bwd_kernel(
+    Q, K, V, DO, O, DQ, DK, DV_, LSE, DELTA, DQS, DKS, DVS,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_don,
+    H, N, QROWS, KROWS, scale, qk_scale,
+    qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
+    BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KSUB: tl.constexpr,
+):
+    """One launch: item kind 0 computes a key tile's dK, dV (walking the query tiles that see it, in
+    steps of QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows). O is the
+    forward output (contiguous); with INLINE_DELTA, DELTA is not read (no pre-pass ran). DV_ points
+    to dV (DV is its head dim)."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.load(items + 3 * pid).to(tl.int64)
+    tile = tl.load(items + 3 * pid + 1)
+    bh = b * H + h
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_dob + h * stride_doh
+    o_base = O + bh * N * DV
+    lse_base = LSE + bh * N
+    delta_base = DELTA + bh * N
+    if tl.load(items + 3 * pid + 2) == 0:
+        _dkdv_program(K, V, DK, DV_, DKS, DVS, q_base, do_base, o_base, lse_base, delta_base,
+                      stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_qn, stride_don,
+                      b, h, bh, N, KROWS, tile, qpos, kdesc, kpos, bvis, bptr, bsplit, masks, scale, qk_scale,
+                      BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB)
+    else:
+        _dq_program(K, V, DQ, DQS, q_base, do_base, o_base, lse_base, delta_base,
+                    stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_qn, stride_don,
+                    b, h, bh, N, QROWS, tile, qdesc, qpos, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
+                    BLOCK, D, DV, BD, BDV, INLINE_DELTA, KSUB)
+
+
+@triton.jit
+def _add_slot_rows(X, XS, bh, N, SROWS, rows, srow, valid, D: tl.constexpr, BD: tl.constexpr):
+    """X[rows] += XS[srow] for one tile (float32 sum, stored in X's dtype)."""
+    offs_d = tl.arange(0, BD)
+    m = valid[:, None] & (offs_d < D)[None, :]
+    xp = X + bh * N * D + rows[:, None] * D + offs_d[None, :]
+    x = tl.load(xp, mask=m, other=0.0).to(tl.float32)
+    x += tl.load(XS + bh * SROWS * D + srow[:, None] * D + offs_d[None, :], mask=m, other=0.0)
+    tl.store(xp, x.to(X.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def add_slots_kernel(
+    X, XS, Y, YS, H, N, SROWS, desc, pos, items,
+    BLOCK: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
+    TWO: tl.constexpr,
+):
+    """X[rows] += XS[slot rows] (and Y, YS with TWO) for one round of slot tiles."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.load(items + 2 * pid).to(tl.int64)
+    t = tl.load(items + 2 * pid + 1)
+    bh = b * H + h
+    rows_pos = _tile_rows(desc, pos, t, BLOCK)
+    valid = rows_pos >= 0
+    rows = rows_pos.to(tl.int64)
+    srow = (tl.load(desc + t * 5 + 4) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    _add_slot_rows(X, XS, bh, N, SROWS, rows, srow, valid, D, BD)
+    if TWO:
+        _add_slot_rows(Y, YS, bh, N, SROWS, rows, srow, valid, DV, BDV)

@@ -1,0 +1,403 @@
+"""Block plans -> kernel tables (host only: plain PyTorch, no Triton; tested on the CPU).
+
+How a plan becomes work
+-----------------------
+* A tile's rows are original positions, read through a *descriptor* ``(start, shift, step_in,
+  step_out)``: row r lives at ``start + (r >> shift) * step_out + (r & (2**shift - 1)) * step_in``.
+  That covers contiguous tiles (step 1), strided-transpose tiles (step l: the kernel loads the rows
+  of one residue class directly, no permutation pass), several residue classes per tile and the
+  gathered summary columns (runs of c contiguous rows, one run per l-block). Other tiles (ragged
+  tails) fall back to a per-row index table (``start = -1``).
+* Each query tile has a visit list (CSR) of key tiles, in five kinds (:data:`VISIT_KINDS`) that each
+  walk takes with a loop of its own: *fast* visits (every pair allowed, both tiles progressions: no
+  mask, no gather, the loads pipeline), first those whose visited tile is contiguous, then the
+  others; *causal* visits; *mask-tile* visits; *gathered* ones (padding rows or position-table
+  rows). A visit's mask code is ``FULL`` (-1), ``CAUSAL`` (-2) or ``m >= 0``, tile m of the plan's
+  mask bank (:class:`_MaskBank`: each distinct element mask once, as bit words, evaluated on the host
+  from the plan's predicate). The upper triangle is never visited: the plans list only causal tiles.
+* The transposed lists (for each key tile, the query tiles that visit it) drive the dK/dV walks.
+* Several heads with different plans (the paper's multi-head mode) run in the same launches: each
+  program reads its (head, tile) from a work list.
+* Segments of one plan have disjoint (query, key) pair sets but share positions. The first segment's
+  query tiles and the first key tile holding a position *own* it and write straight to the output;
+  other tiles write float32 *slots* that a small pass merges (forward: log-sum-exp merge; backward:
+  addition). The fixed merged head's summary key tiles share rows with the natural key tiles, so
+  their dK/dV go through slots.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from dataclasses import dataclass
+
+import torch
+
+from ...patterns import BlockPlan
+from .policy import LaunchPolicy, default_policy
+
+__all__ = ["CAUSAL", "FULL", "VISIT_KINDS", "KernelTables", "kernel_tables"]
+
+FULL, CAUSAL = -1, -2  # visit mask codes besides mask-tile ids >= 0
+VISIT_KINDS = ("contiguous", "fast", "causal", "mask", "gathered")  # the order of each visit list
+
+
+def _descriptors(tiles: torch.Tensor) -> torch.Tensor:
+    """(T, 4) int64 (start, shift, step_in, step_out) of each tile, start = -1 where no two-level
+    arithmetic progression fits (then the kernel gathers the rows from the position table)."""
+    t, b = tiles.shape
+    r = torch.arange(b)
+    start = tiles[:, 0]
+    full = (tiles >= 0).all(1)
+    out = torch.full((t, 4), -1, dtype=torch.int64)
+    out[:, 1:] = 0
+    done = ~full
+    # Try the longest runs first: shift = log2(b) is a plain arithmetic progression.
+    for shift in range(b.bit_length() - 1, -1, -1):
+        run = 1 << shift
+        step_in = (tiles[:, 1] - start) if run > 1 else torch.zeros_like(start)
+        step_out = (tiles[:, run] - start) if run < b else torch.zeros_like(start)
+        pred = start[:, None] + (r >> shift)[None, :] * step_out[:, None] + (r & (run - 1))[None, :] * step_in[:, None]
+        ok = ~done & (pred == tiles).all(1)
+        out[ok, 0] = start[ok]
+        out[ok, 1] = shift
+        out[ok, 2] = step_in[ok]
+        out[ok, 3] = step_out[ok]
+        done |= ok
+    return out
+
+
+class _MaskBank:
+    """The distinct element masks of a plan's partial visits, each stored once.
+
+    A visit whose pairs are not all allowed gets a mask code: ``CAUSAL`` or ``FULL`` (kept as cheap
+    in-kernel comparisons: plain causality, or only the padding rows masked), otherwise the id of
+    its (block, block) mask in the bank. The masks of the paper's patterns repeat (every local
+    window's first tile, every fixed block's own-summary tile, ...), so the bank stays small: the
+    kernel reads one 64-bit word per row from L2 instead of evaluating the predicate per element.
+    """
+
+    def __init__(self):
+        self.ids: dict[bytes, int] = {}
+        self.tiles: list[torch.Tensor] = []
+
+    def codes(self, seg, t: torch.Tensor, kt: torch.Tensor, p: int) -> torch.Tensor:
+        """Mask codes of the visits (t[v], kt[v]) under the segment's predicate p."""
+        out = torch.empty(t.numel(), dtype=torch.int64)
+        pred = seg.preds[p]
+        for lo in range(0, t.numel(), 1024):
+            qi = seg.q_tiles[t[lo : lo + 1024]][:, :, None]
+            kj = seg.k_tiles[kt[lo : lo + 1024]][:, None, :]
+            valid = (kj >= 0) & (qi >= 0)
+            m = pred(qi, kj)
+            causal = ((m == (valid & (kj <= qi))).all(2).all(1))
+            full = (m == valid).all(2).all(1)
+            chunk = torch.where(causal, CAUSAL, torch.where(full, FULL, -3))
+            rest = torch.nonzero(chunk == -3).squeeze(1)
+            if rest.numel():
+                uniq, inverse = torch.unique(m[rest], dim=0, return_inverse=True)
+                ids = torch.tensor([self._id(u) for u in uniq], dtype=torch.int64)
+                chunk[rest] = ids[inverse]
+            out[lo : lo + 1024] = chunk
+        return out
+
+    def _id(self, mask: torch.Tensor) -> int:
+        key = mask.numpy().tobytes()
+        i = self.ids.get(key)
+        if i is None:
+            i = self.ids[key] = len(self.tiles)
+            self.tiles.append(mask.clone())
+        return i
+
+    def stacked(self, block: int) -> torch.Tensor:
+        """(M, block, block) bool."""
+        if not self.tiles:
+            return torch.zeros(0, block, block, dtype=torch.bool)
+        return torch.stack(self.tiles)
+
+
+@dataclass
+class _PlanTables:
+    """One plan's tables on the CPU (int64), local ids; concatenated by :func:`_combine`."""
+
+    qdesc: torch.Tensor  # (TQ, 5): start, shift, step_in, step_out, slot (-1: owner)
+    qpos: torch.Tensor  # (TQ, B)
+    kdesc: torch.Tensor  # (TK, 5)
+    kpos: torch.Tensor  # (TK, B)
+    fvis: torch.Tensor  # (V, 2): key tile, mask code; by query tile, then kind (see _plan_tables)
+    fptr: torch.Tensor  # (TQ + 1,)
+    fsplit: torch.Tensor  # (TQ, 4): visits before the other fast ones, the causal, mask-tile, gathered ones
+    bvis: torch.Tensor  # (V, 2): query tile, mask code; by key tile, the same kinds
+    bptr: torch.Tensor  # (TK + 1,)
+    bsplit: torch.Tensor  # (TK, 4)
+    masks: torch.Tensor  # (M, B, B) bool: the distinct element masks (mask codes >= 0 index them)
+    q_rounds: list  # lists of query-tile ids whose slots merge in one pass
+    k_rounds: list
+    n_qslots: int
+    n_kslots: int
+    zero_dkv: bool  # some key position has no owner tile: dK/dV start from zeros
+
+
+def _plan_tables(plan: BlockPlan) -> _PlanTables:
+    n = plan.n
+    qdesc, qpos, kdesc, kpos, vis_t, vis_k, vis_m = [], [], [], [], [], [], []
+    bank = _MaskBank()
+    q_rounds, k_rounds, k_round_sets = [], [], []
+    q_off = k_off = 0
+    n_qslots = n_kslots = 0
+    owned = torch.zeros(n, dtype=torch.bool)
+    for level, seg in enumerate(plan.segments):
+        seg = seg.to("cpu")
+        tq, tk = seg.q_tiles.shape[0], seg.k_tiles.shape[0]
+        # Queries: the first segment owns every position (each segment tiles all queries once).
+        qd = torch.cat([_descriptors(seg.q_tiles), torch.full((tq, 1), -1, dtype=torch.int64)], 1)
+        if level > 0:
+            qd[:, 4] = torch.arange(n_qslots, n_qslots + tq)
+            n_qslots += tq
+            q_rounds.append(list(range(q_off, q_off + tq)))
+        # Keys: a tile owns its rows when none of them is owned yet; otherwise it writes a slot.
+        kd = torch.cat([_descriptors(seg.k_tiles), torch.full((tk, 1), -1, dtype=torch.int64)], 1)
+        for i in range(tk):
+            rows = seg.k_tiles[i]
+            rows = rows[rows >= 0]
+            if not bool(owned[rows].any()):
+                owned[rows] = True
+                continue
+            kd[i, 4] = n_kslots
+            n_kslots += 1
+            for rnd, used in zip(k_rounds, k_round_sets):
+                if not bool(used[rows].any()):
+                    break
+            else:
+                rnd, used = [], torch.zeros(n, dtype=torch.bool)
+                k_rounds.append(rnd)
+                k_round_sets.append(used)
+            rnd.append(k_off + i)
+            used[rows] = True
+        qdesc.append(qd)
+        qpos.append(seg.q_tiles)
+        kdesc.append(kd)
+        kpos.append(seg.k_tiles)
+        # Visits with their mask codes.
+        sel = seg.layout >= 0
+        t = torch.arange(tq)[:, None].expand_as(seg.layout)[sel]
+        kt = seg.layout[sel]
+        ep = seg.entry_pred[sel]
+        code = torch.full_like(ep, FULL)
+        for p in range(len(seg.preds)):
+            m = torch.nonzero(ep == p).squeeze(1)
+            if m.numel():
+                code[m] = bank.codes(seg, t[m], kt[m], p)
+        vis_t.append(t + q_off)
+        vis_k.append(kt + k_off)
+        vis_m.append(code)
+        q_off += tq
+        k_off += tk
+    vt, vk, vm = torch.cat(vis_t), torch.cat(vis_k), torch.cat(vis_m)
+    qd_all, kd_all = torch.cat(qdesc), torch.cat(kdesc)
+    # Five kinds of visit, in this order in each list: fast (no mask, both tiles' rows a
+    # progression: the key loads depend on one level of table loads only, which Triton's pipeliner
+    # overlaps), first those whose visited tile is contiguous and 16-aligned (vector loads), then the
+    # others; causal and mask-tile (progressions under that element mask; no row checks); gathered
+    # (a tile with padding or rows from the position table: the general path).
+    ap = (qd_all[vt, 0] >= 0) & (kd_all[vk, 0] >= 0)
+    kind = torch.where(ap, torch.where(vm == FULL, 1, torch.where(vm == CAUSAL, 2, 3)), 4)
+    shift = plan.block.bit_length() - 1
+
+    def contiguous(desc):
+        return (desc[:, 0] >= 0) & (desc[:, 0] % 16 == 0) & (desc[:, 1] == shift) & (desc[:, 2] == 1)
+
+    f_kind = torch.where((kind == 1) & contiguous(kd_all)[vk], 0, kind)  # forward lists visit key tiles
+    b_kind = torch.where((kind == 1) & contiguous(qd_all)[vt], 0, kind)  # backward lists, query tiles
+
+    def csr(major, minor, count, kind):
+        key = (major * 5 + kind) * (q_off + k_off + 1) + minor
+        order = torch.argsort(key, stable=True)
+        ptr = torch.zeros(count + 1, dtype=torch.int64)
+        ptr[1:] = torch.cumsum(torch.bincount(major, minlength=count), 0)
+        ends = [torch.bincount(major[kind <= c], minlength=count) for c in range(4)]
+        return torch.stack([minor[order], vm[order]], 1), ptr, torch.stack(ends, 1)
+
+    fvis, fptr, fsplit = csr(vt, vk, q_off, f_kind)
+    bvis, bptr, bsplit = csr(vk, vt, k_off, b_kind)
+    return _PlanTables(
+        qd_all, torch.cat(qpos), kd_all, torch.cat(kpos), fvis, fptr, fsplit,
+        bvis, bptr, bsplit, bank.stacked(plan.block), q_rounds, k_rounds, n_qslots, n_kslots,
+        not bool(owned.all()),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class KernelTables:
+    """Device tables for a list of per-head plans sharing (n, block), under one launch policy;
+    built once, cached (:func:`kernel_tables`)."""
+
+    n: int
+    block: int
+    heads: int
+    qdesc: torch.Tensor  # (TQ, 5) int32
+    qpos: torch.Tensor  # (TQ, B) int32
+    kdesc: torch.Tensor
+    kpos: torch.Tensor
+    fvis: torch.Tensor  # (V, 6) int32: key tile, mask code, key tile descriptor (4)
+    fptr: torch.Tensor
+    fsplit: torch.Tensor  # (TQ, 4) int32: ends of the first four visit kinds
+    bvis: torch.Tensor  # (V, 6) int32: query tile, mask code, query tile descriptor (4)
+    bptr: torch.Tensor
+    bsplit: torch.Tensor
+    masks: torch.Tensor  # (M, 2, B, W) int64: element masks as bit words (column c: bit c % 64 of
+    # word c // 64); [m, 0] rows = queries, [m, 1] transposed (rows = keys)
+    fwd_items: torch.Tensor  # (I, 2) int32: head, query tile
+    bwd_items: torch.Tensor  # (J, 3) int32: head, tile, kind (0: dK/dV of a key tile, 1: dQ)
+    q_round_items: tuple  # per round: (I, 2) int32 (head, query tile) of slot tiles
+    k_round_items: tuple
+    n_qslots: int
+    n_kslots: int
+    zero_dkv: bool  # some key position has no owner tile: dK/dV start from zeros
+    long_walk: bool  # mean visits per query tile >= policy.long_walk
+    policy: LaunchPolicy
+    plans: tuple = ()  # the per-head plans (their patterns give the forward's own tables)
+
+    @functools.cached_property
+    def fwd_tables(self) -> KernelTables:
+        """The tables the forward runs on: these, or for long walks the same patterns' plans at
+        ``policy.fwd_block_long[block]`` (built on first use). The backward reads the forward's
+        output and log-sum-exp by position, so it runs on these tables whatever the forward's."""
+        block = self.policy.fwd_block_long.get(self.block) if self.long_walk else None
+        if not block or block == self.block or any(p.pattern is None for p in self.plans):
+            return self
+        device = self.qdesc.device
+        return kernel_tables([p.pattern.plan(self.n, block, device) for p in self.plans], device, self.policy)
+
+    @functools.cached_property
+    def fwd_static(self) -> tuple:
+        """The forward kernel's table arguments (one tuple object: launchers key it once)."""
+        return (self.qdesc, self.qpos, self.kpos, self.fvis, self.fptr, self.fsplit, self.masks, self.fwd_items)
+
+    @functools.cached_property
+    def bwd_static(self) -> tuple:
+        return (self.qdesc, self.qpos, self.kdesc, self.kpos, self.fvis, self.fptr, self.fsplit,
+                self.bvis, self.bptr, self.bsplit, self.masks, self.bwd_items)
+
+
+def _combine(plans: list[BlockPlan], device, policy: LaunchPolicy) -> KernelTables:
+    distinct: list[BlockPlan] = []
+    for p in plans:
+        if not any(p is d for d in distinct):
+            distinct.append(p)
+    parts = [_plan_tables_cached(p) for p in distinct]
+    q_off = k_off = m_off = qs_off = ks_off = 0
+    acc: dict[str, list] = {k: [] for k in ("qdesc", "qpos", "kdesc", "kpos", "fvis", "bvis", "fptr",
+                                             "bptr", "fsplit", "bsplit", "masks")}
+    offsets = []
+    v_f = v_b = 0
+    for pt in parts:
+        qd, kd = pt.qdesc.clone(), pt.kdesc.clone()
+        qd[:, 4] = torch.where(qd[:, 4] >= 0, qd[:, 4] + qs_off, -1)
+        kd[:, 4] = torch.where(kd[:, 4] >= 0, kd[:, 4] + ks_off, -1)
+        fv, bv = pt.fvis.clone(), pt.bvis.clone()
+        fv[:, 0] += k_off
+        bv[:, 0] += q_off
+        fv[:, 1] = torch.where(fv[:, 1] >= 0, fv[:, 1] + m_off, fv[:, 1])
+        bv[:, 1] = torch.where(bv[:, 1] >= 0, bv[:, 1] + m_off, bv[:, 1])
+        for name, x in (("qdesc", qd), ("kdesc", kd), ("qpos", pt.qpos), ("kpos", pt.kpos), ("fvis", fv),
+                        ("bvis", bv), ("fptr", pt.fptr[:-1] + v_f), ("bptr", pt.bptr[:-1] + v_b),
+                        ("fsplit", pt.fsplit), ("bsplit", pt.bsplit), ("masks", pt.masks)):
+            acc[name].append(x)
+        offsets.append((q_off, k_off, pt))
+        q_off += pt.qdesc.shape[0]
+        k_off += pt.kdesc.shape[0]
+        m_off += pt.masks.shape[0]
+        qs_off += pt.n_qslots
+        ks_off += pt.n_kslots
+        v_f += pt.fvis.shape[0]
+        v_b += pt.bvis.shape[0]
+    cat = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.int64) for k, v in acc.items()}
+    fptr = torch.cat([cat["fptr"], torch.tensor([v_f])])
+    bptr = torch.cat([cat["bptr"], torch.tensor([v_b])])
+    qdesc, kdesc = cat["qdesc"], cat["kdesc"]
+    fvis = torch.cat([cat["fvis"], kdesc[cat["fvis"][:, 0], :4]], 1)
+    bvis = torch.cat([cat["bvis"], qdesc[cat["bvis"][:, 0], :4]], 1)
+    blk = distinct[0].block
+    masks = cat["masks"] if m_off else torch.zeros(1, blk, blk, dtype=torch.bool)
+    masks = _bit_words(torch.stack([masks, masks.transpose(1, 2)], 1))
+    # Work lists: (head, tile, walk length) per program.
+    fwd, bwd, qr, kr = [], [], {}, {}
+    fwork = fptr[1:] - fptr[:-1]
+    bwork = bptr[1:] - bptr[:-1]
+    for h, p in enumerate(plans):
+        q0, k0, pt = next(o for o in offsets if o[2] is _plan_tables_cached(p))
+        tq, tk = pt.qdesc.shape[0], pt.kdesc.shape[0]
+        tiles_q = torch.arange(q0, q0 + tq)
+        tiles_k = torch.arange(k0, k0 + tk)
+        fwd.append(torch.stack([torch.full_like(tiles_q, h), tiles_q, fwork[tiles_q]], 1))
+        bwd.append(torch.stack([torch.full_like(tiles_k, h), tiles_k, torch.zeros_like(tiles_k),
+                                bwork[tiles_k] * 4], 1))
+        bwd.append(torch.stack([torch.full_like(tiles_q, h), tiles_q, torch.ones_like(tiles_q),
+                                fwork[tiles_q] * 3], 1))
+        for i, rnd in enumerate(pt.q_rounds):
+            qr.setdefault(i, []).extend((h, q0 + t) for t in rnd)
+        for i, rnd in enumerate(pt.k_rounds):
+            kr.setdefault(i, []).extend((h, k0 + t) for t in rnd)
+    fwd_items = torch.cat(fwd)
+    bwd_items = torch.cat(bwd)
+    long_walk = bool(fwd_items.shape[0]) and float(fwd_items[:, 2].float().mean()) >= policy.long_walk
+    if long_walk:  # longest walks first: they would finish last otherwise
+        fwd_items = fwd_items[torch.argsort(-fwd_items[:, 2], stable=True)]
+        bwd_items = bwd_items[torch.argsort(-bwd_items[:, 3], stable=True)]
+    else:  # position order: by head and tile, a tile's dK/dV and dQ programs next to each other
+        kinds = bwd_items[:, 2]
+        rank = torch.empty_like(kinds)  # place among the items of its kind
+        for c in (0, 1):
+            rank[kinds == c] = torch.arange(int((kinds == c).sum()))
+        bwd_items = bwd_items[torch.argsort(rank * 2 + kinds, stable=True)]
+    fwd_items, bwd_items = fwd_items[:, :2], bwd_items[:, :3]
+
+    def dev(x):
+        return x.to(torch.int32).contiguous().to(device)
+
+    return KernelTables(
+        n=distinct[0].n, block=distinct[0].block, heads=len(plans),
+        qdesc=dev(qdesc), qpos=dev(cat["qpos"]), kdesc=dev(kdesc), kpos=dev(cat["kpos"]),
+        fvis=dev(fvis), fptr=dev(fptr), fsplit=dev(cat["fsplit"]),
+        bvis=dev(bvis), bptr=dev(bptr), bsplit=dev(cat["bsplit"]),
+        masks=masks.contiguous().to(device),
+        fwd_items=dev(fwd_items), bwd_items=dev(bwd_items),
+        q_round_items=tuple(dev(torch.tensor(qr[i])) for i in sorted(qr)),
+        k_round_items=tuple(dev(torch.tensor(kr[i])) for i in sorted(kr)),
+        n_qslots=qs_off, n_kslots=ks_off, zero_dkv=any(pt.zero_dkv for pt in parts),
+        long_walk=long_walk, policy=policy, plans=tuple(plans),
+    )
+
+
+def _bit_words(masks: torch.Tensor) -> torch.Tensor:
+    """(..., B, B) bool -> (..., B, max(1, B // 64)) int64, column c at bit c % 64 of word c // 64."""
+    b = masks.shape[-1]
+    w = max(1, b // 64)
+    cols = masks.reshape(*masks.shape[:-1], w, b // w).to(torch.int64)
+    return (cols << torch.arange(b // w, dtype=torch.int64)).sum(-1)
+
+
+def _plan_tables_cached(plan: BlockPlan) -> _PlanTables:
+    pt = plan.__dict__.get("_triton_tables")
+    if pt is None:
+        pt = _plan_tables(plan)
+        object.__setattr__(plan, "_triton_tables", pt)
+    return pt
+
+
+def kernel_tables(plans: list[BlockPlan], device, policy: LaunchPolicy | None = None) -> KernelTables:
+    """The device tables for per-head ``plans`` under ``policy`` (default: :func:`default_policy`),
+    cached on the first plan, keyed by the list and the policy."""
+    policy = policy or default_policy()
+    first = plans[0]
+    cache = first.__dict__.get("_triton_combined")
+    if cache is None:
+        cache = {}
+        object.__setattr__(first, "_triton_combined", cache)
+    key = (tuple(map(id, plans)), device, id(policy))  # per call: cheap; ids checked against the kept objects
+    hit = cache.get(key)
+    if hit is None or hit[1].policy is not policy or not all(map(operator.is_, hit[0], plans)):
+        hit = (list(plans), _combine(list(plans), device, policy))
+        cache[key] = hit
+    return hit[1]
