@@ -408,9 +408,9 @@ def run_cuda(sizes: list[int], heads: int, dim: int, methods: list[str], cases: 
             torch.cuda.empty_cache()
     info = cuda_env_info()
     if "triton" in methods:
-        from sparse_transformer.kernels import triton_attention
+        from sparse_transformer.kernels.triton import launch_stats
 
-        info["triton_launches"] = triton_attention.launch_stats()
+        info["triton_launches"] = launch_stats()
     return {"env": info, "config": {"B": 1, "H": heads, "D": dim, "dtype": "bfloat16", "graph": graph},
             "rows": rows}
 

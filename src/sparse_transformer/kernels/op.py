@@ -7,7 +7,7 @@ Two operators (``torch.library.custom_op``), each with a fake (meta) implementat
 
 joined by ``register_autograd``. :func:`attention` calls the operator when ``torch.compile`` traces
 it; eager calls take the same route through a plain autograd function, which saves the custom
-op's dispatcher overhead (measured with ``benchmarks/host_overhead.py``). The pattern travels as ``key``: a plain int naming an interned
+op's dispatcher overhead (measured with ``benchmarks/lab/host_overhead.py``). The pattern travels as ``key``: a plain int naming an interned
 (backend, per-head patterns) pair (:func:`register`). Dynamo sees a constant, so it never traces the
 planning, table or launch code (the source of the graph breaks and recompiles before), and Inductor
 fuses everything around the node. The implementation resolves the key to the dispatcher's cached

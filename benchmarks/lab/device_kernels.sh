@@ -2,12 +2,13 @@
 # One device call for the attention kernels (issue 4): each part under its own timeout, its log and
 # JSON under $OUT, a short summary printed last.
 #
-#   bash benchmarks/device_kernels.sh sweep     # kernel_sweep.py (every variant)
-#   bash benchmarks/device_kernels.sh explore   # the sweep, checks of non-default long-walk
-#                                               #   settings, attention.py (triton, sdpa, sdpa-cudnn,
-#                                               #   with graphs)
-#   bash benchmarks/device_kernels.sh final     # gpu_check.py (defaults), attention.py (every
-#                                               #   method, with graphs), GPU pytest of the kernels
+#   bash benchmarks/lab/device_kernels.sh sweep     # kernel_sweep.py (every variant)
+#   bash benchmarks/lab/device_kernels.sh explore   # the sweep, checks under non-default launch
+#                                                   #   policies (delta pre-pass always; the fixed
+#                                                   #   forward on its own 64-row tiles), attention.py
+#                                                   #   (triton, sdpa, sdpa-cudnn, with graphs)
+#   bash benchmarks/lab/device_kernels.sh final     # gpu_check.py (defaults), attention.py (every
+#                                                   #   method, with graphs), GPU pytest of the kernels
 set -u
 WHAT=${1:?usage: device_kernels.sh sweep|explore|final}
 OUT=${OUT:-/tmp/device-out}
@@ -28,7 +29,7 @@ part() {  # part NAME SECONDS CMD...: the command's output goes to $OUT/NAME.log
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1
 $PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 sweep() {
-  part sweep "${SWEEP_LIMIT:-330}" $PY benchmarks/kernel_sweep.py \
+  part sweep "${SWEEP_LIMIT:-330}" $PY benchmarks/lab/kernel_sweep.py \
     --cases fixed:16384 fixed:65536 strided:16384 strided:65536 --out "$OUT/kernel-sweep.json"
 }
 
@@ -39,20 +40,18 @@ case $WHAT in
     ;;
   explore)
     sweep
-    part check-atomic 70 $PY benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
-      --set ATOMIC_DQ_LONG=True --out "$OUT/check-atomic"
-    part check-bwd128 70 $PY benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
-      --set 'BWD_BLOCK_LONG={64: 128}' --out "$OUT/check-bwd128"
-    part check-bwd128-atomic 70 $PY benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
-      --set 'BWD_BLOCK_LONG={64: 128}' --set ATOMIC_DQ_LONG=True --out "$OUT/check-bwd128-atomic"
+    part check-prepass 70 $PY benchmarks/lab/gpu_check.py --no-sweep --sizes 0 --only strided \
+      --set inline_delta_max_rows=0 --out "$OUT/check-prepass"
+    part check-fwd64 70 $PY benchmarks/lab/gpu_check.py --no-sweep --sizes 0 --only fixed \
+      --set 'fwd_block_long={64: 64}' --out "$OUT/check-fwd64"
     part attention "${ATTN_LIMIT:-170}" $PY benchmarks/attention.py --device cuda \
       --methods triton sdpa sdpa-cudnn --graph --out "$OUT/attention.json"
     grep -A40 "^case " "$OUT/sweep.log" | head -40
-    for c in check-atomic check-bwd128 check-bwd128-atomic; do grep "^CHECK" "$OUT/$c.log"; done
+    for c in check-prepass check-fwd64; do grep "^CHECK" "$OUT/$c.log"; done
     grep "^|" "$OUT/attention.log"
     ;;
   final)
-    part check 120 $PY benchmarks/gpu_check.py --no-sweep --sizes 4096 --profile-host --out "$OUT/check"
+    part check 120 $PY benchmarks/lab/gpu_check.py --no-sweep --sizes 4096 --profile-host --out "$OUT/check"
     part attention "${ATTN_LIMIT:-360}" $PY benchmarks/attention.py --device cuda --graph \
       --out "$OUT/attention.json"
     part pytest "${TEST_LIMIT:-300}" $PY -m pytest -q tests/test_triton.py tests/test_attention.py tests/test_flex.py

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Issue 9 on one GPU: one half of the paper's Table 2 per device call (about 8 minutes each).
 #
-#   bash benchmarks/device_reproduce.sh text      # needs the dict-gcide .deb in $RAW
-#   bash benchmarks/device_reproduce.sh images    # needs the dataset-fashion-mnist .deb in $RAW
+#   bash benchmarks/lab/device_reproduce.sh text      # needs the dict-gcide .deb in $RAW
+#   bash benchmarks/lab/device_reproduce.sh images    # needs the dataset-fashion-mnist .deb in $RAW
 #
 # The device has no network: the Debian packages travel with the call (`sparse-transformer
 # prepare gcide` / `prepare fashion-mnist` leave them in data/raw; copy them to the carried
 # folder RAW). Writes reproduce-<half>.{json,md,png} and a log to $OUT. MODEL=1 adds the enwik8
 # step-time benchmark (benchmarks/model.py, issue 5) after the half.
 # CPU smoke test: PY=.venv/bin/python RAW=data/raw DEVICE=cpu SMOKE=1 BUDGET=2 \
-#   bash benchmarks/device_reproduce.sh images
+#   bash benchmarks/lab/device_reproduce.sh images
 set -u
 HALF=${1:?usage: device_reproduce.sh text|images}
 OUT=${OUT:-/tmp/reproduce-out}

@@ -1,9 +1,14 @@
 """One device call: correctness of the Triton kernels against the reference, then timings.
 
-    PYTHONPATH=src python benchmarks/gpu_check.py               # check + sweep + SDPA baselines
-    PYTHONPATH=src python benchmarks/gpu_check.py --no-sweep    # check + the default configs only
-    PYTHONPATH=src python benchmarks/gpu_check.py --no-sweep --sizes 0 --only fixed \
-        --set ATOMIC_DQ_LONG=True --set 'BWD_BLOCK_LONG={64: 128}'   # checks of a non-default setting
+    python benchmarks/lab/gpu_check.py               # check + sweep + SDPA baselines
+    python benchmarks/lab/gpu_check.py --no-sweep    # check + the default policy only
+    python benchmarks/lab/gpu_check.py --no-sweep --sizes 0 --only fixed \
+        --set 'fwd_block_long={64: 64}' --set inline_delta_max_rows=0   # checks under a non-default policy
+
+``--set FIELD=LITERAL`` overrides a field of the launch policy (:class:`LaunchPolicy`, a Python
+literal; mapping fields are merged into the default's, e.g. ``--set 'configs={("fwd", 64): (4, 1, 1)}'``):
+every check and timing runs under that policy (``--profile-host`` excepted: it goes through the
+dispatcher, which uses the default policy).
 
 1. Correctness (tolerance rule of docs/style.md: max|fast - ref64| <= 2 max|ref_lowprec - ref64| +
    atol), checked on a call that uses the direct launches of cached compiled kernels, which must
@@ -12,10 +17,10 @@
 2. Timings (median of triton.testing.do_bench, ms) of the target cases at N=16,384 and 65,536
    (``--sizes``), forward and forward+backward, for each (tile, launch config) variant in SWEEP;
    dense causal SDPA (flash) for comparison. Each default-config row is timed twice: with the
-   direct launches of cached compiled kernels (``TA.DIRECT_LAUNCH``, the default) and with every
-   launch through Triton's ``kernel[grid]`` binder (``*_binder`` fields), so the host overhead
-   saved shows in one run; short-walk rows also with the delta pre-pass (``*_prepass``) instead of
-   rowsum(dO * O) inside the backward.
+   direct launches of cached compiled kernels (``LaunchPolicy.direct_launch``, the default) and with
+   every launch through Triton's ``kernel[grid]`` binder (``*_binder`` fields), so the host overhead
+   saved shows in one run; short-walk rows also with the delta pre-pass (``*_prepass``,
+   ``inline_delta_max_rows=0``) instead of rowsum(dO * O) inside the backward.
 3. ``--profile-host``: cProfile of eager strided forward+backward calls at N=4096 (host time per
    function, per call).
 Prints a table last; writes JSON to $OUT (or --out).
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -36,22 +42,32 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from sparse_transformer import patterns as P
 from sparse_transformer.kernels import reference
-from sparse_transformer.kernels import triton_attention as TA
+from sparse_transformer.kernels.triton import (
+    LaunchPolicy,
+    attention_multihead,
+    backward_tables,
+    default_policy,
+    forward_tables,
+    kernel_tables,
+    launch_stats,
+)
 
-# (case, tile, fwd (warps, stages), bwd (warps, stages)); the first entry per case is the default.
+# (case, tile, fwd (warps, stages), bwd (warps, stages)); the first entry per case is the policy
+# as it is (None: no override of its configs).
 SWEEP = [
-    ("strided", 64, (4, 2), (4, 1)),
+    ("strided", 64, None, None),
     ("strided", 64, (4, 3), (4, 2)),
     ("strided", 128, (4, 3), (8, 2)),
-    ("fixed", 64, (4, 3), (4, 2)),
+    ("fixed", 64, None, None),
     ("fixed", 128, (8, 3), (8, 2)),
     ("fixed", 128, (4, 3), (4, 2)),
 ]
+POLICY: LaunchPolicy = default_policy()  # with the --set overrides (main)
 DTYPE = torch.bfloat16
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 2e-2}  # fp32: tf32 dots
 
@@ -79,11 +95,37 @@ def pairs(heads, n: int) -> int:
     return sum(p.plan(n, 128).pairs() for p in heads)
 
 
-def triton_call(heads, n, block, device):
+def with_overrides(policy: LaunchPolicy, items: list[str]) -> LaunchPolicy:
+    """``policy`` with ``FIELD=LITERAL`` overrides (mapping fields merged)."""
+    fields = {f.name for f in dataclasses.fields(LaunchPolicy)}
+    changes = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in fields:
+            raise SystemExit(f"--set: LaunchPolicy has no field {name!r} (fields: {', '.join(sorted(fields))})")
+        value = ast.literal_eval(value)
+        old = changes.get(name, getattr(policy, name))
+        changes[name] = {**old, **value} if isinstance(value, dict) else value
+    return dataclasses.replace(policy, **changes) if changes else policy
+
+
+def variant_policy(block: int, fwd_cfg, bwd_cfg) -> LaunchPolicy:
+    """:data:`POLICY` with one sweep entry's launch configs on ``block``-row tiles (None: as is)."""
+    configs = dict(POLICY.configs)
+    if fwd_cfg is not None:
+        configs[("fwd", block)] = (fwd_cfg[0], fwd_cfg[1], fwd_cfg[1])
+    if bwd_cfg is not None:
+        configs[("bwd", block)] = (bwd_cfg[0], bwd_cfg[1], bwd_cfg[1])
+    return POLICY if configs == dict(POLICY.configs) else dataclasses.replace(POLICY, configs=configs)
+
+
+def triton_call(heads, n, block, device, policy: LaunchPolicy | None = None):
     plans = [p.plan(n, block, device) for p in heads]
+    policy = policy or POLICY
 
     def f(q, k, v):
-        return TA.attention_multihead(q, k, v, plans)
+        return attention_multihead(q, k, v, plans, policy=policy)
 
     return f
 
@@ -110,12 +152,9 @@ def check(name, heads, n, d, dtype, block, device=None) -> dict:
     g = torch.randn_like(q)
     fn = triton_call(heads, n, block, device)
     _grads(fn, q, k, v, g)  # first launches: through Triton (compiles, caches the compiled kernels)
-    TA.DIRECT_LAUNCH = False
-    try:
-        binder = _grads(fn, q, k, v, g)
-    finally:
-        TA.DIRECT_LAUNCH = True
-    fast = _grads(fn, q, k, v, g)  # direct launches where supported; checked below
+    binder = _grads(triton_call(heads, n, block, device, dataclasses.replace(POLICY, direct_launch=False)),
+                    q, k, v, g)
+    fast = _grads(fn, q, k, v, g)  # direct launches where supported (POLICY.direct_launch); checked below
     direct_equal = all(torch.equal(a, b) for a, b in zip(binder, fast))
     del binder
     ref64 = _ref(q.double(), k.double(), v.double(), heads, g.double(), True)
@@ -152,31 +191,33 @@ def check_cases():
 
 def _warm(job) -> float:
     """Child process: compile one kernel variant into the shared Triton cache (a tiny call)."""
-    kind, idx, cfg = job
+    global POLICY
+    kind, idx, cfg, overrides = job
+    POLICY = with_overrides(default_policy(), overrides)  # the parent's --set (a spawned process)
     t0 = time.time()
+    policy = POLICY
     if kind == "check":
         _name, heads, n, d, dtype, block = check_cases()[idx]
     else:
         case, block, fwd_cfg, bwd_cfg = cfg
-        TA.CONFIGS[("fwd", block)] = (fwd_cfg[0], fwd_cfg[1], fwd_cfg[1])
-        TA.CONFIGS[("bwd", block)] = (bwd_cfg[0], bwd_cfg[1], bwd_cfg[1])
+        policy = variant_policy(block, fwd_cfg, bwd_cfg)
         n, d, dtype = 1024, 64, torch.bfloat16
         heads = case_heads(case, idx)
     q, k, v = (torch.randn(1, len(heads), n, d, device="cuda").to(dtype).requires_grad_(True) for _ in range(3))
-    triton_call(heads, n, block, "cuda")(q, k, v).sum().backward()
+    triton_call(heads, n, block, "cuda", policy)(q, k, v).sum().backward()
     torch.cuda.synchronize()
     return time.time() - t0
 
 
-def precompile(sweep) -> float:
+def precompile(sweep, overrides: list[str]) -> float:
     """Compile every kernel variant the run needs in parallel processes (Triton's file cache is
     shared), so that the serial part below finds them compiled."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     t0 = time.time()
-    jobs = [("check", i, None) for i in range(len(check_cases()))]
-    jobs += [("sweep", 16384, cfg) for cfg in sweep]
+    jobs = [("check", i, None, overrides) for i in range(len(check_cases()))]
+    jobs += [("sweep", 16384, cfg, overrides) for cfg in sweep]
     with ProcessPoolExecutor(max_workers=min(12, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
         for job, secs in zip(jobs, ex.map(_warm, jobs)):
             print(f"compiled {job[0]} {job[1]} {job[2] or ''} in {secs:.1f}s", flush=True)
@@ -236,20 +277,22 @@ def peak_mb(fn, backward, q, k, v, g) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def raw_and_wall(heads, n, block, fn, q, k, v, g) -> dict:
+def raw_and_wall(heads, n, block, fn, q, k, v, g, policy: LaunchPolicy) -> dict:
     """Kernel-only times (no autograd: the forward launches, the backward launches) and the
     steady-state wall time per forward+backward call (CPU launch overhead shows up here)."""
     if DEVICE != "cuda":
         return {}
     import triton.testing
 
-    tabs = TA.kernel_tables([p.plan(n, block, DEVICE) for p in heads], DEVICE)
+    tabs = kernel_tables([p.plan(n, block, DEVICE) for p in heads], DEVICE, policy)
     scale = 1 / math.sqrt(q.shape[-1])
     qd, kd, vd = q.detach(), k.detach(), v.detach()
-    o, lse = TA._forward(qd, kd, vd, tabs, scale)
+    o, lse = forward_tables(qd, kd, vd, tabs, scale)
     out = {
-        "fwd_kernels_ms": float(triton.testing.do_bench(lambda: TA._forward(qd, kd, vd, tabs, scale), return_mode="median")),
-        "bwd_kernels_ms": float(triton.testing.do_bench(lambda: TA._backward(qd, kd, vd, o, lse, g, tabs, scale), return_mode="median")),
+        "fwd_kernels_ms": float(triton.testing.do_bench(lambda: forward_tables(qd, kd, vd, tabs, scale),
+                                                        return_mode="median")),
+        "bwd_kernels_ms": float(triton.testing.do_bench(lambda: backward_tables(qd, kd, vd, o, lse, g, tabs, scale),
+                                                        return_mode="median")),
     }
     for _ in range(3):
         fn(q, k, v).backward(g)
@@ -257,26 +300,24 @@ def raw_and_wall(heads, n, block, fn, q, k, v, g) -> dict:
     return out
 
 
-def delta_prepass(heads, n, block, fn, q, k, v, g) -> dict:
+def delta_prepass(heads, n, block, q, k, v, g, policy: LaunchPolicy) -> dict:
     """Short-walk plans compute rowsum(dO * O) inside the backward; the same row with the
-    ``delta_kernel`` pre-pass instead (``*_prepass`` fields), for a same-run comparison."""
-    tabs = TA.kernel_tables([p.plan(n, block, DEVICE) for p in heads], DEVICE)
-    if DEVICE != "cuda" or tabs.long_walk:
+    ``delta_kernel`` pre-pass instead (``*_prepass`` fields, ``inline_delta_max_rows=0``), for a
+    same-run comparison."""
+    prepass = dataclasses.replace(policy, inline_delta_max_rows=0)
+    tabs = kernel_tables([p.plan(n, block, DEVICE) for p in heads], DEVICE, prepass)
+    if DEVICE != "cuda" or tabs.long_walk or not policy.inline_delta(False, q.shape[0] * q.shape[1] * n):
         return {}
     import triton.testing
 
-    TA.INLINE_DELTA = False
-    try:
-        scale = 1 / math.sqrt(q.shape[-1])
-        qd, kd, vd = q.detach(), k.detach(), v.detach()
-        o, lse = TA._forward(qd, kd, vd, tabs, scale)
-        return {
-            "fb_ms_prepass": bench(fn, True, q, k, v, g),
-            "bwd_kernels_ms_prepass": float(triton.testing.do_bench(
-                lambda: TA._backward(qd, kd, vd, o, lse, g, tabs, scale), return_mode="median")),
-        }
-    finally:
-        TA.INLINE_DELTA = True
+    scale = 1 / math.sqrt(q.shape[-1])
+    qd, kd, vd = q.detach(), k.detach(), v.detach()
+    o, lse = forward_tables(qd, kd, vd, tabs, scale)
+    return {
+        "fb_ms_prepass": bench(triton_call(heads, n, block, DEVICE, prepass), True, q, k, v, g),
+        "bwd_kernels_ms_prepass": float(triton.testing.do_bench(
+            lambda: backward_tables(qd, kd, vd, o, lse, g, tabs, scale), return_mode="median")),
+    }
 
 
 def host_profile(n: int = 4096, calls: int = 300) -> dict:
@@ -323,16 +364,13 @@ def host_profile(n: int = 4096, calls: int = 300) -> dict:
     return out
 
 
-def binder_only(fn, q, k, v, g) -> dict:
-    """The same calls with every launch through Triton's binder (direct launches off)."""
+def binder_only(heads, n, block, q, k, v, g, policy: LaunchPolicy) -> dict:
+    """The same calls with every launch through Triton's binder (``direct_launch=False``)."""
     if DEVICE != "cuda":
         return {}
-    TA.DIRECT_LAUNCH = False
-    try:
-        out = {"fwd_ms_binder": bench(fn, False, q, k, v, g), "fb_ms_binder": bench(fn, True, q, k, v, g)}
-        out["wall_fb_ms_binder"] = wall_fb_ms(fn, q, k, v, g)
-    finally:
-        TA.DIRECT_LAUNCH = True
+    fn = triton_call(heads, n, block, DEVICE, dataclasses.replace(policy, direct_launch=False))
+    out = {"fwd_ms_binder": bench(fn, False, q, k, v, g), "fb_ms_binder": bench(fn, True, q, k, v, g)}
+    out["wall_fb_ms_binder"] = wall_fb_ms(fn, q, k, v, g)
     return out
 
 
@@ -349,19 +387,19 @@ def timings(sweep, sizes) -> list[dict]:
             for c, block, fwd_cfg, bwd_cfg in sweep:
                 if c != case:
                     continue
-                TA.CONFIGS[("fwd", block)] = (fwd_cfg[0], fwd_cfg[1], fwd_cfg[1])
-                TA.CONFIGS[("bwd", block)] = (bwd_cfg[0], bwd_cfg[1], bwd_cfg[1])
-                row = {"case": case, "n": n, "block": block, "fwd_cfg": fwd_cfg, "bwd_cfg": bwd_cfg, "pairs": npairs}
+                policy = variant_policy(block, fwd_cfg, bwd_cfg)
+                row = {"case": case, "n": n, "block": block, "fwd_cfg": fwd_cfg or "policy",
+                       "bwd_cfg": bwd_cfg or "policy", "pairs": npairs}
                 try:
                     t0 = time.time()
-                    fn = triton_call(heads, n, block, DEVICE)
+                    fn = triton_call(heads, n, block, DEVICE, policy)
                     row["fwd_ms"] = bench(fn, False, q, k, v, g)
                     row["fb_ms"] = bench(fn, True, q, k, v, g)
                     row["peak_mb_fb"] = peak_mb(fn, True, q, k, v, g)
-                    row.update(raw_and_wall(heads, n, block, fn, q, k, v, g))
+                    row.update(raw_and_wall(heads, n, block, fn, q, k, v, g, policy))
                     if sweep.index((c, block, fwd_cfg, bwd_cfg)) == [s[0] for s in sweep].index(case):
-                        row.update(binder_only(fn, q, k, v, g))
-                        row.update(delta_prepass(heads, n, block, fn, q, k, v, g))
+                        row.update(binder_only(heads, n, block, q, k, v, g, policy))
+                        row.update(delta_prepass(heads, n, block, q, k, v, g, policy))
                     row["wall_s"] = time.time() - t0
                     row["fwd_tflops"] = 4 * npairs * 64 / row["fwd_ms"] / 1e9
                     row["fb_tflops"] = 3.5 * 4 * npairs * 64 / row["fb_ms"] / 1e9
@@ -400,15 +438,14 @@ def diagnostics() -> dict:
         torch.cuda.synchronize()
         cpu_ms = {}
         for direct in (True, False):
-            TA.DIRECT_LAUNCH = direct
-            fn(q, k, v).backward(g)
+            run = triton_call(heads, 4096, 64, "cuda", dataclasses.replace(POLICY, direct_launch=direct))
+            run(q, k, v).backward(g)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(20):
-                fn(q, k, v).backward(g)
+                run(q, k, v).backward(g)
             cpu_ms["direct" if direct else "binder"] = (time.perf_counter() - t0) / 20 * 1e3  # enqueue time
             torch.cuda.synchronize()
-        TA.DIRECT_LAUNCH = True
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
                 fn(q, k, v).backward(g)
@@ -454,21 +491,13 @@ def main() -> int:
     ap.add_argument("--dry", action="store_true", help="CPU dry run of this script (interpreter, tiny)")
     ap.add_argument("--profile-host", action="store_true", help="cProfile of eager strided fwd+bwd at N=4096")
     ap.add_argument("--only", default=None, help="checks whose name holds this text (e.g. 'fixed')")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a triton_attention setting (a Python literal; dicts are merged), e.g. "
-                         "--set ATOMIC_DQ_LONG=True --set 'BWD_BLOCK_LONG={64: 128}'")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a LaunchPolicy field (a Python literal; mapping fields are merged into the "
+                         "default's), e.g. --set inline_delta_max_rows=0 --set 'fwd_block_long={64: 64}'")
     args = ap.parse_args()
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if not hasattr(TA, name):
-            raise SystemExit(f"--set: triton_attention has no setting {name!r}")
-        value = ast.literal_eval(value)
-        if isinstance(getattr(TA, name), dict) and isinstance(value, dict):
-            getattr(TA, name).update(value)
-        else:
-            setattr(TA, name, value)
+    global DEVICE, DTYPE, POLICY
+    POLICY = with_overrides(default_policy(), args.set)
     if args.dry:
-        global DEVICE, DTYPE
         DEVICE, DTYPE = "cpu", torch.float32
     t0 = time.time()
     info = env()
@@ -482,7 +511,7 @@ def main() -> int:
                 sweep.append(s)
     if not args.dry:
         try:
-            print(f"precompiled in {precompile(sweep):.0f}s", flush=True)
+            print(f"precompiled in {precompile(sweep, args.set):.0f}s", flush=True)
         except Exception:  # noqa: BLE001  (only a speed-up: the serial run compiles what is missing)
             traceback.print_exc()
     checks = [] if args.no_check else correctness(small=args.dry, only=args.only)
@@ -499,8 +528,9 @@ def main() -> int:
             diag["host_profile"] = host_profile()
         except Exception:  # noqa: BLE001  (diagnostics only)
             traceback.print_exc()
-    info["command"] = "PYTHONPATH=src python " + " ".join(["benchmarks/gpu_check.py", *sys.argv[1:]])
-    info["triton_launches"] = TA.launch_stats()
+    info["command"] = "python " + " ".join(["benchmarks/lab/gpu_check.py", *sys.argv[1:]])
+    info["policy_overrides"] = args.set
+    info["triton_launches"] = launch_stats()
     result = {"env": info, "checks": checks, "diagnostics": diag, "timings": times, "wall_s": time.time() - t0}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1))
@@ -515,7 +545,7 @@ def main() -> int:
         if "error" in r:
             print(f"TIME {r['case']:8s} n={r['n']:6d} blk={r.get('block')} ERROR {r['error'][:120]}")
         elif "block" in r:
-            print(f"TIME {r['case']:8s} n={r['n']:6d} blk={r['block']:3d} fwd{r['fwd_cfg']} bwd{r['bwd_cfg']} "
+            print(f"TIME {r['case']:8s} n={r['n']:6d} blk={r['block']:3d} fwd {r['fwd_cfg']} bwd {r['bwd_cfg']} "
                   f"fwd {r['fwd_ms']:.3f} ms ({r['fwd_tflops']:.0f} TF/s)  f+b {r['fb_ms']:.3f} ms "
                   f"({r['fb_tflops']:.0f} TF/s)  peak {r['peak_mb_fb']:.0f} MB  kernels fwd "
                   f"{r.get('fwd_kernels_ms', 0):.3f} bwd {r.get('bwd_kernels_ms', 0):.3f} wall f+b {r.get('wall_fb_ms', 0):.3f}"

@@ -1,8 +1,8 @@
 """SASS instruction counts of the Triton kernels' loops, compiled for sm_90 on a machine without a GPU.
 
     pip install --target /some/dir triton==3.6.0      # the device machine's Triton, for its ptxas
-    PYTHONPATH=/some/dir:src python benchmarks/sass_counts.py [--maxnreg 168] [--inline-delta]
-        [--block 128 --warps 8 --qsub 64 --ksub 64] [--fwd-ksub 32] [--atomic-dq] [--only bwd]   (--maxnreg 0: no cap)
+    PYTHONPATH=/some/dir:src python benchmarks/lab/sass_counts.py [--maxnreg 168] [--inline-delta]
+        [--block 128 --warps 8 --qsub 64 --ksub 64] [--only bwd]   (--maxnreg 0: no cap)
 
 Compiles ``fwd_kernel`` and ``bwd_kernel`` for sm_90 (64-row tiles, head dim 64, bf16, 4 warps,
 ``--stages`` software-pipeline stages (default 2), the delta pre-pass unless ``--inline-delta``) with the argument specializations a real launch gets (pointers and ints
@@ -24,29 +24,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from sparse_transformer.kernels import triton_kernels as K
+from sparse_transformer.kernels.triton import kernels as K
 
-BF16 = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV_"}
+BF16 = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV_"}  # DV_: the dV pointer
 F32 = {"LSE", "OS", "LSES", "DELTA", "DQS", "DKS", "DVS"}
-INT_TABLES = {"qdesc", "qpos", "kdesc", "kpos", "fvis", "fptr", "fsplit", "bvis", "bptr", "bsplit", "items",
-              "fnfull", "bnfull", "preds"}  # the last three: the kernels before the mask bank (commit da05bc0)
+INT_TABLES = {"qdesc", "qpos", "kdesc", "kpos", "fvis", "fptr", "fsplit", "bvis", "bptr", "bsplit", "items"}
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-def compile_sm90(fn, consts: dict, warps: int, stages: int, maxnreg: int | None, fp32_dq: bool = False):
-    if any(p.name == "U" for p in fn.params):  # kernels before the mask bank: two predicate terms
-        consts = {**consts, "U": 2}
+def compile_sm90(fn, consts: dict, warps: int, stages: int, maxnreg: int | None):
     sig = {}
     for p in fn.params:
         name = p.name
-        f32 = F32 | {"DQ"} if fp32_dq else F32
-        sig[name] = ("constexpr" if name in consts else "*fp32" if name in f32 else "*bf16" if name in BF16
+        sig[name] = ("constexpr" if name in consts else "*fp32" if name in F32 else "*bf16" if name in BF16
                      else "*i8" if name == "masks" else "*i32" if name in INT_TABLES
                      else "fp32" if name in ("qk_scale", "scale") else "i32")
     attrs = {(i,): [["tt.divisibility", 16]] for i, ty in enumerate(sig.values()) if ty not in ("constexpr", "fp32")}
@@ -88,29 +84,18 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--qsub", type=int, default=32, help="query rows per dK/dV step (the tile: whole tiles)")
     ap.add_argument("--ksub", type=int, default=None, help="key rows per dQ step (default: whole tiles)")
-    ap.add_argument("--fwd-ksub", type=int, default=None, help="key rows per forward step (default: whole tiles)")
     ap.add_argument("--block", type=int, default=64, help="tile rows")
     ap.add_argument("--warps", type=int, default=4)
-    ap.add_argument("--atomic-dq", action="store_true", help="dQ added by the dK/dV programs (float32 atomics)")
     ap.add_argument("--only", choices=("fwd", "bwd"), default=None)
     args = ap.parse_args()
     if args.maxnreg == 0:
         args.maxnreg = None
     base = {"BLOCK": args.block, "D": 64, "DV": 64, "BD": 64, "BDV": 64}
     if args.only != "bwd":
-        fwd = dict(base)
-        if "KSUB" in {p.name for p in K.fwd_kernel.params}:  # kernels since the forward's key steps
-            fwd["KSUB"] = args.fwd_ksub or args.block
-        report("fwd_kernel", compile_sm90(K.fwd_kernel, fwd, args.warps, args.stages, args.maxnreg))
+        report("fwd_kernel", compile_sm90(K.fwd_kernel, base, args.warps, args.stages, args.maxnreg))
     if args.only != "fwd":
-        consts = {**base, "INLINE_DELTA": args.inline_delta, "QSUB": args.qsub}
-        names = {p.name for p in K.bwd_kernel.params}
-        if "KSUB" in names:  # kernels since the dQ walk's key steps
-            consts["KSUB"] = args.ksub or args.block
-        if "ATOMIC_DQ" in names:
-            consts["ATOMIC_DQ"] = args.atomic_dq
-        report("bwd_kernel", compile_sm90(K.bwd_kernel, consts, args.warps, args.stages, args.maxnreg,
-                                          fp32_dq=args.atomic_dq))
+        consts = {**base, "INLINE_DELTA": args.inline_delta, "QSUB": args.qsub, "KSUB": args.ksub or args.block}
+        report("bwd_kernel", compile_sm90(K.bwd_kernel, consts, args.warps, args.stages, args.maxnreg))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Does Triton's warp specialization pay for attention loops like ours on Hopper? A probe.
 
-    PYTHONPATH=src python benchmarks/warp_specialize_probe.py [--n 16384]     # GPU: check + time
-    pip install --target DIR triton==3.6.0; PYTHONPATH=DIR:src python benchmarks/warp_specialize_probe.py
+    python benchmarks/lab/warp_specialize_probe.py [--n 16384]     # GPU: check + time
+    pip install --target DIR triton==3.6.0; PYTHONPATH=DIR python benchmarks/lab/warp_specialize_probe.py
                                                                               # no GPU: compile only
 
 Our kernels load K/V rows through pointer tensors, and Triton 3.6 does not partition such loops
@@ -156,7 +156,7 @@ def main() -> None:
     out = Path(args.out or os.environ.get("OUT", ".")) / "warp-specialize-probe.json"
     out.write_text(json.dumps({"env": {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                                        "triton": triton.__version__,
-                                       "command": "PYTHONPATH=src python benchmarks/warp_specialize_probe.py "
+                                       "command": "python benchmarks/lab/warp_specialize_probe.py "
                                        + " ".join(sys.argv[1:])}, "rows": rows}, indent=1))
     print(f"wrote {out}")
 

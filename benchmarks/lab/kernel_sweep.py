@@ -1,14 +1,15 @@
 """Launch-configuration sweep of the Triton kernels (GPU): kernel-only forward and backward times.
 
-    PYTHONPATH=src python benchmarks/kernel_sweep.py [--cases strided:16384 fixed:65536] [--quick]
+    python benchmarks/lab/kernel_sweep.py [--cases strided:16384 fixed:65536] [--quick]
 
 For each case (B=1, H=8, D=64, bf16; the target cases of ``benchmarks/attention.py``) and each
-variant (plan tile, forward (warps, stages, maxnreg), backward (warps, stages, maxnreg), module
-settings such as ``BWD_STEPS``, ``FWD_BLOCK_LONG``, ``BWD_BLOCK_LONG``, ``ATOMIC_DQ_LONG``): the median
-ms of ``triton.testing.do_bench`` of the forward launches and of the backward launches called
-directly (no autograd, no dispatcher: GPU time plus the launch cost), the compiled kernels'
-registers and spills, and the largest difference of the output and the three gradients from the
-first variant of the case (a wrong configuration shows there). Host overhead is measured too:
+variant (plan tile, forward (warps, stages, maxnreg), backward (warps, stages, maxnreg), other
+``LaunchPolicy`` fields such as ``bwd_steps``, ``fwd_block_long``, ``inline_delta_max_rows``; each
+variant is its own policy, ``dataclasses.replace`` of the default): the median ms of
+``triton.testing.do_bench`` of the forward launches and of the backward launches called directly
+(``forward_tables`` / ``backward_tables``: no autograd, no dispatcher: GPU time plus the launch
+cost), the compiled kernels' registers and spills, and the largest difference of the output and
+the three gradients from the first variant of the case (a wrong configuration shows there). Host overhead is measured too:
 per eager forward+backward call through ``sparse_attention`` at N=4,096 (strided), with the kernel
 launches replaced by no-ops (pure Python/dispatch/allocation cost) and with them.
 
@@ -18,6 +19,7 @@ Prints a table; writes JSON to $OUT (or --out).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,45 +29,60 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gpu_check import case_heads  # the target cases' per-head patterns
 
 from sparse_transformer import sparse_attention
-from sparse_transformer.kernels import triton_attention as TA
+from sparse_transformer.kernels.triton import (
+    LaunchPolicy,
+    backward_tables,
+    default_policy,
+    forward_tables,
+    kernel_tables,
+)
+from sparse_transformer.kernels.triton.launcher import Launcher, kernels
 
-# (tile, fwd (warps, stages, maxnreg), bwd (warps, stages, maxnreg), module settings); the first is
-# the reference (the defaults). Long-walk forwards run on FWD_BLOCK_LONG's tile (its own CONFIGS).
+# (tile, fwd (warps, stages, maxnreg), bwd (warps, stages, maxnreg), other LaunchPolicy fields);
+# None: the default policy's entry. The first is the reference (the default policy as it is).
+# Long-walk forwards run on fwd_block_long's tile (its own configs).
 SHORT = [
-    (64, (4, 1, 128), (4, 1, 168), {}),  # the default
-    # Smaller key steps in the forward: fewer registers, five programs per multiprocessor at 96.
-    (64, (4, 1, 96), (4, 1, 168), {"FWD_STEPS": {(64, False): 32}}),
-    (64, (4, 1, 96), (4, 1, 168), {"FWD_STEPS": {(64, False): 16}}),
-    (64, (4, 2, 128), (4, 1, 168), {"FWD_STEPS": {(64, False): 32}}),
+    (64, None, None, {}),  # the default
     # Smaller steps in both backward walks: four programs per multiprocessor at 128, no spills.
-    (64, (4, 1, 128), (4, 1, 128), {"BWD_STEPS": {(64, False): (16, 32)}}),
-    (64, (4, 1, 128), (4, 1, 128), {"BWD_STEPS": {(64, False): (16, 16)}}),
-    (64, (4, 1, 128), (4, 2, 128), {"BWD_STEPS": {(64, False): (16, 32)}}),
-    (64, (4, 1, 128), (4, 1, 128), {"BWD_STEPS": {(64, False): (32, 32)}}),
+    (64, None, (4, 1, 128), {"bwd_steps": {(64, False): (16, 32)}}),
+    (64, None, (4, 1, 128), {"bwd_steps": {(64, False): (16, 16)}}),
+    (64, None, (4, 2, 128), {"bwd_steps": {(64, False): (16, 32)}}),
+    (64, None, (4, 1, 128), {"bwd_steps": {(64, False): (32, 32)}}),
 ]
 LONG = [
-    (64, (4, 3, 168), (4, 2, 168), {}),  # the default
+    (64, None, None, {}),  # the default
     # Half steps in both backward walks: no spills under the cap (sass_counts.py).
-    (64, (4, 3, 168), (4, 2, 168), {"BWD_STEPS": {(64, True): (32, 32)}}),
-    (64, (4, 3, 168), (4, 3, 168), {"BWD_STEPS": {(64, True): (32, 32)}}),
-    (64, (4, 3, 168), (4, 2, 168), {"FWD_STEPS": {(128, True): 64}}),  # 128-row forward in key halves
+    (64, None, (4, 2, 168), {"bwd_steps": {(64, True): (32, 32)}}),
+    (64, None, (4, 3, 168), {"bwd_steps": {(64, True): (32, 32)}}),
 ]
-SETTINGS = ("FWD_BLOCK_LONG", "BWD_BLOCK_LONG", "ATOMIC_DQ_LONG", "SHORT_WALK_ORDER",
-            "INLINE_DELTA_MAX_ROWS")  # set as a whole
 DEVICE = "cuda"  # where run_variant runs (a CPU dry run under TRITON_INTERPRET=1 may set "cpu")
-MERGED = ("CONFIGS", "MAXNREG", "BWD_STEPS", "FWD_STEPS")  # a variant's entries are merged into these tables
+
+
+def variant_policy(block: int, fcfg, bcfg, fields: dict) -> LaunchPolicy:
+    """The default policy with one variant's launch configs on ``block``-row tiles (the stage
+    count for long and short walks alike) and its other fields (mappings merged into the
+    default's; a plain value replaces it)."""
+    base = default_policy()
+    configs, maxnreg = dict(base.configs), dict(base.maxnreg)
+    for kernel, cfg in (("fwd", fcfg), ("bwd", bcfg)):
+        if cfg is not None:
+            configs[(kernel, block)] = (cfg[0], cfg[1], cfg[1])
+            maxnreg[(kernel, block)] = cfg[2]
+    changes = {name: {**getattr(base, name), **value} if isinstance(value, dict) else value
+               for name, value in fields.items()}
+    return dataclasses.replace(base, configs=configs, maxnreg={k: v for k, v in maxnreg.items() if v}, **changes)
 
 
 def regs() -> dict:
     """Registers / spills of every compiled kernel kept by the launchers, by kernel name."""
     out = {}
-    k = TA._kernels()
+    k = kernels()
     for name in ("fwd_kernel", "bwd_kernel"):
         ln = getattr(k, name)
         for key, ck in ln.compiled.items():
@@ -78,30 +95,23 @@ def regs() -> dict:
 def run_variant(case, n, variant, ref=None):
     import triton.testing
 
-    block, fcfg, bcfg, settings = variant
-    TA.CONFIGS[("fwd", block)] = (fcfg[0], fcfg[1], fcfg[1])
-    TA.CONFIGS[("bwd", block)] = (bcfg[0], bcfg[1], bcfg[1])
-    TA.MAXNREG[("fwd", block)] = fcfg[2]
-    TA.MAXNREG[("bwd", block)] = bcfg[2]  # restored by main() after the sweep, with the settings
-    for name, value in settings.items():
-        if name in MERGED:
-            getattr(TA, name).update(value)
-        else:
-            setattr(TA, name, value)
+    block, fcfg, bcfg, fields = variant
+    policy = variant_policy(block, fcfg, bcfg, fields)
     dev = DEVICE
-    tabs = TA.kernel_tables([p.plan(n, block, dev) for p in case_heads(case, n)], dev)
+    tabs = kernel_tables([p.plan(n, block, dev) for p in case_heads(case, n)], dev, policy)
     ftabs = tabs.fwd_tables
     g = torch.Generator(device=dev).manual_seed(0)
     q, k, v, do = (torch.randn(1, 8, n, 64, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(4))
     scale = 1 / 8
-    o, lse = TA._forward(q, k, v, ftabs, scale)
-    grads = TA._backward(q, k, v, o, lse, do, tabs, scale)
+    o, lse = forward_tables(q, k, v, tabs, scale)
+    grads = backward_tables(q, k, v, o, lse, do, tabs, scale)
     torch.cuda.synchronize()
-    row = {"case": case, "n": n, "block": block, "fwd_block": ftabs.block, "bwd_block": tabs.bwd_tables.block,
-           "fwd_cfg": list(fcfg),
-           "bwd_cfg": list(bcfg), "settings": {k: str(v) for k, v in settings.items()}}
-    row["fwd_ms"] = float(triton.testing.do_bench(lambda: TA._forward(q, k, v, ftabs, scale), return_mode="median"))
-    row["bwd_ms"] = float(triton.testing.do_bench(lambda: TA._backward(q, k, v, o, lse, do, tabs, scale),
+    row = {"case": case, "n": n, "block": block, "fwd_block": ftabs.block, "bwd_block": tabs.block,
+           "fwd_cfg": list(policy.launch_config("fwd", ftabs.block, 64, tabs.long_walk)),  # warps, stages, cap
+           "bwd_cfg": list(policy.launch_config("bwd", tabs.block, 64, tabs.long_walk)),
+           "settings": {k: str(v) for k, v in fields.items()}}
+    row["fwd_ms"] = float(triton.testing.do_bench(lambda: forward_tables(q, k, v, tabs, scale), return_mode="median"))
+    row["bwd_ms"] = float(triton.testing.do_bench(lambda: backward_tables(q, k, v, o, lse, do, tabs, scale),
                                                   return_mode="median"))
     row["fb_ms"] = row["fwd_ms"] + row["bwd_ms"]
     outs = [o, *grads]
@@ -134,21 +144,13 @@ def host_overhead(n: int = 4096) -> dict:
 
     out = {}
     out["enqueue_us"], out["wall_us"] = per_call()
-    real = TA._Launcher.__call__
-    TA._Launcher.__call__ = lambda self, *a, **kw: None
+    real = Launcher.__call__
+    Launcher.__call__ = lambda self, *a, **kw: None  # the launcher class, restored below
     try:
         out["no_launch_enqueue_us"], _ = per_call()
     finally:
-        TA._Launcher.__call__ = real
+        Launcher.__call__ = real
     return out
-
-
-def _restore(settings: dict, merged: dict) -> None:
-    for name, value in settings.items():
-        setattr(TA, name, value)
-    for name, value in merged.items():
-        getattr(TA, name).clear()
-        getattr(TA, name).update(value)
 
 
 def main() -> None:
@@ -160,8 +162,6 @@ def main() -> None:
     import triton
 
     t_start = time.time()
-    saved_merged = {name: dict(getattr(TA, name)) for name in MERGED}
-    saved_settings = {name: getattr(TA, name) for name in SETTINGS}
     rows = []
     for spec in args.cases:
         case, n = spec.split(":")
@@ -171,17 +171,15 @@ def main() -> None:
             variants = variants[:2]
         ref = None
         for var in variants:
-            _restore(saved_settings, saved_merged)
             try:
                 row, outs = run_variant(case, n, var, ref)
                 if ref is None:
                     ref = outs
             except Exception as e:  # noqa: BLE001  (a config that does not compile or run: keep going)
-                row = {"case": case, "n": n, "block": var[0], "fwd_cfg": list(var[1]), "bwd_cfg": list(var[2]),
+                row = {"case": case, "n": n, "block": var[0], "fwd_cfg": var[1], "bwd_cfg": var[2],
                        "settings": {k: str(v) for k, v in var[3].items()}, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    _restore(saved_settings, saved_merged)
     host = host_overhead()
     print("host", json.dumps(host), flush=True)
     try:
@@ -191,7 +189,7 @@ def main() -> None:
         commit = "unknown"
     result = {
         "env": {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                "commit": commit, "command": "PYTHONPATH=src python benchmarks/kernel_sweep.py " + " ".join(sys.argv[1:])},
+                "commit": commit, "command": "python benchmarks/lab/kernel_sweep.py " + " ".join(sys.argv[1:])},
         "rows": rows, "host": host, "regs": regs(), "wall_s": time.time() - t_start,
     }
     print(f"\n{'case':8s} {'N':>6s} {'tile':>4s} {'fwd cfg':>14s} {'bwd cfg':>14s} {'fwd ms':>8s} {'bwd ms':>8s} {'f+b':>8s}  settings")

@@ -10,8 +10,8 @@
 #   (4) memory.py --sweep: small model (4 L, 4 H, d 256), N = 4K..256K, strided +/- recompute,
 #       dense (Triton, flash-style) and dense with materialised scores (reference backend)
 #
-#   on the device:  bash benchmarks/device_run.sh            (OUT set by the device tool)
-#   smoke test:     SMOKE=1 OUT=/tmp/out bash benchmarks/device_run.sh   (CPU, tiny sizes)
+#   on the device:  bash benchmarks/lab/device_run.sh            (OUT set by the device tool)
+#   smoke test:     SMOKE=1 OUT=/tmp/out bash benchmarks/lab/device_run.sh   (CPU, tiny sizes)
 set -u
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"

@@ -1,10 +1,11 @@
 """Host time of the Triton backend's Python path, no GPU needed.
 
-    PYTHONPATH=src python benchmarks/host_overhead.py [--n 4096] [--calls 300]
+    python benchmarks/lab/host_overhead.py [--n 4096] [--calls 300]
 
 Runs eager ``sparse_attention`` forward+backward calls of the strided target case (4 local + 4
 strided heads, B=1, H=8, D=64, fp32 on the CPU) through the ``triton`` backend with every kernel
-launch replaced by a no-op (``TRITON_INTERPRET=1`` only to let the backend run on the CPU): what
+launch replaced by a no-op (``Launcher.__call__`` of
+``sparse_transformer.kernels.triton.launcher``; ``TRITON_INTERPRET=1`` only to let the backend run on the CPU): what
 is left is the dispatcher, the autograd function, the allocations and the launch preparation, the
 host work an eager call pays before and around its launches. Prints microseconds per call.
 """
@@ -18,13 +19,13 @@ import time
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 import torch
 from gpu_check import case_heads  # the target cases' per-head patterns
 
 from sparse_transformer import sparse_attention
-from sparse_transformer.kernels import triton_attention as TA
+from sparse_transformer.kernels.triton.launcher import Launcher
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--calls", type=int, default=300)
     args = ap.parse_args()
-    TA._Launcher.__call__ = lambda self, *a, **kw: None  # no kernels: host cost only
+    Launcher.__call__ = lambda self, *a, **kw: None  # no kernels: host cost only (this process)
     pats = case_heads("strided", args.n)
     q, k, v = (torch.randn(1, 8, args.n, 64, requires_grad=True) for _ in range(3))
     g = torch.randn(1, 8, args.n, 64)

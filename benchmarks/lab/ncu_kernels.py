@@ -2,11 +2,12 @@
 
     ncu --clock-control none -k regex:"fwd_kernel|bwd_kernel" --launch-skip 2 --launch-count 2 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-        --section SchedulerStats PYTHONPATH=src python benchmarks/ncu_kernels.py --case strided:65536
+        --section SchedulerStats python benchmarks/lab/ncu_kernels.py --case strided:65536
 
 Per ``--reps``: one forward (``fwd_kernel``, merges) and one backward (``delta_kernel`` where the plan
-uses it, ``bwd_kernel``, slot additions) called directly (no autograd), B=1, H=8, D=64, bf16, the
-default launch configurations and tables (long-walk forwards on their own tiles). The first
+uses it, ``bwd_kernel``, slot additions) called directly (``forward_tables`` / ``backward_tables``, no
+autograd), B=1, H=8, D=64, bf16, under the default launch policy (long-walk forwards on their own
+tiles). The first
 repetition compiles, so skip its launches (``--launch-skip``).
 """
 
@@ -18,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gpu_check import case_heads  # the target cases' per-head patterns
 
-from sparse_transformer.kernels import triton_attention as TA
+from sparse_transformer.kernels.triton import backward_tables, forward_tables, kernel_tables
 
 
 def main() -> None:
@@ -35,13 +36,12 @@ def main() -> None:
     case, n = args.case.split(":")
     n = int(n)
     heads = case_heads(case, n)
-    bwd_tabs = TA.kernel_tables([p.plan(n, args.block, "cuda") for p in heads], "cuda")
-    fwd_tabs = bwd_tabs.fwd_tables
+    tabs = kernel_tables([p.plan(n, args.block, "cuda") for p in heads], "cuda")
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(1, 8, n, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4))
     for _ in range(args.reps):
-        o, lse = TA._forward(q, k, v, fwd_tabs, 0.125)
-        TA._backward(q, k, v, o, lse, do, bwd_tabs, 0.125)
+        o, lse = forward_tables(q, k, v, tabs, 0.125)  # on tabs.fwd_tables
+        backward_tables(q, k, v, o, lse, do, tabs, 0.125)
     torch.cuda.synchronize()
     print(f"{args.case}: {args.reps} forward+backward calls done")
 
