@@ -129,6 +129,17 @@ def test_apply_compile_shares_one_compilation_per_pattern():
     assert counters["stats"]["unique_graphs"] == 2  # local and strided layers, not 4
 
 
+def test_cuda_graph_modes_build_the_routes_first():
+    """With CUDA graphs the attention routes (plans, kernel tables) are built by apply_compile, not
+    by the first call, which would run inside the graph tree's private memory pool."""
+    from sparse_transformer import kernels
+
+    m = _model("strided", "interleaved", False, n_layer=2)
+    kernels._ROUTES.clear()
+    apply_compile(m, "reduce-overhead", seq_len=48)
+    assert {key[1] for key in kernels._ROUTES} == {48} and len(kernels._ROUTES) == 2  # local, strided
+
+
 def test_should_compile_and_bad_values():
     assert should_compile("auto", "cuda") and not should_compile("auto", "cpu")
     assert should_compile("true", "cpu") and not should_compile("false", "cuda")
@@ -173,3 +184,28 @@ def test_triton_compiled_equals_eager_inductor_gpu(pattern, mode, recompute):
     dynamo.reset()
     _compiled_vs_eager(pattern, mode, recompute, "auto", "cuda", "inductor", dtype=torch.bfloat16,
                        atol=5e-2)
+
+
+def test_compile_mode_auto_resolution():
+    """auto: CUDA graphs only on CUDA with Triton/SDPA attention, no recomputation, no DDP/FSDP."""
+    from sparse_transformer.compilation import resolve_compile_mode
+
+    m = _model("fixed", "merged", False)
+    assert resolve_compile_mode("auto", m) == "default"  # CPU
+    assert resolve_compile_mode("reduce-overhead", m) == "reduce-overhead"
+    with pytest.raises(ValueError, match="compile_mode"):
+        resolve_compile_mode("fastest", m)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compile_mode_auto_on_cuda():
+    from sparse_transformer.compilation import resolve_compile_mode
+
+    m = _model("fixed", "merged", False, backend="auto", device="cuda")
+    assert resolve_compile_mode("auto", m) == "reduce-overhead"
+    assert resolve_compile_mode("auto", m, recompute=True) == "default"
+    assert resolve_compile_mode("auto", m, distributed="ddp") == "default"
+    slow = _model("fixed", "merged", False, backend="torch", device="cuda")
+    assert resolve_compile_mode("auto", slow) == "default"
+    with pytest.raises(ValueError, match="torch attention backend"):
+        apply_compile(slow, "reduce-overhead", 48)

@@ -280,7 +280,8 @@ def cmd_eval(args: argparse.Namespace, extras: list[str]) -> int:
     model, cfg = _open_run(args, extras)
     ds = _open_data(model, cfg, args.split)
     if should_compile(cfg.train.compile, next(model.parameters()).device):
-        apply_compile(model, cfg.train.compile_mode)
+        mode = cfg.train.compile_mode  # auto: no CUDA graphs for one evaluation pass
+        apply_compile(model, "default" if mode == "auto" else mode, cfg.model.ctx)
     r = evaluate(
         model, ds, min_context=args.min_context, batch_size=args.batch_size,
         progress=not args.no_progress,

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as C
 from . import distributed as D
-from .compilation import apply_compile, should_compile, uses_cuda_graphs
+from .compilation import apply_compile, resolve_compile_mode, should_compile, uses_cuda_graphs
 from .config import Config, config_to_dict
 from .evaluate import bits_per_byte, estimate_loss, evaluate
 from .model import SparseTransformer
@@ -114,8 +114,10 @@ def apply_infrastructure(model: nn.Module, cfg: Config, info: D.DistInfo) -> nn.
     changed."""
     if cfg.train.recompute:
         model = apply_recompute(model)
-    if should_compile(cfg.train.compile, info.device):
-        model = apply_compile(model, cfg.train.compile_mode)
+    t = cfg.train
+    if should_compile(t.compile, info.device):
+        mode = resolve_compile_mode(t.compile_mode, model, t.recompute, t.distributed)
+        model = apply_compile(model, mode, cfg.model.ctx)
     return D.apply_parallel(model, cfg.train.distributed, info)
 
 
@@ -435,7 +437,8 @@ def _train(
 
     model.train()
     compiled, first_step = should_compile(t.compile, device), step
-    graphs = compiled and uses_cuda_graphs(t.compile_mode)
+    mode = resolve_compile_mode(t.compile_mode, D.unwrap(model), t.recompute, t.distributed)
+    graphs = compiled and uses_cuda_graphs(mode)
     t_start = time.perf_counter()
     last: dict[str, Any] = {"train_loss": None}
     acc_loss, acc_steps, t_interval = 0.0, 0, time.perf_counter()

@@ -318,23 +318,17 @@ def _route(backend: str, pattern, heads: int, n: int, device: torch.device) -> _
         return hit
     if len(_ROUTES) >= _MAX_ROUTES:
         _ROUTES.clear()
-    if device.type == "cuda":
-        route = _off_current_stream(lambda: _Route(backend, pattern, heads, n, device), device)
-    else:
-        route = _Route(backend, pattern, heads, n, device)
-    _ROUTES[key] = route
+    route = _ROUTES[key] = _Route(backend, pattern, heads, n, device)
     return route
 
 
-def _off_current_stream(build, device: torch.device):
-    """``build()`` on a side stream, so that the tensors a route keeps (plans, kernel tables) come
-    from the ordinary allocator even when the first call happens inside the warm-up of a CUDA-graph
-    tree (``torch.compile`` mode ``reduce-overhead``), whose private pool takes every allocation of
-    the current stream and refuses tensors that outlive the graph."""
-    main = torch.cuda.current_stream(device)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(main)
-    with torch.cuda.stream(side):
-        out = build()
-    main.wait_stream(side)
-    return out
+def prepare_route(pk: PatternKey, heads: int, n: int, device: torch.device | str) -> None:
+    """Build the route of ``pk`` for sequence length ``n`` (plans, kernel tables) now. Under CUDA
+    graphs (``torch.compile`` mode ``reduce-overhead``) the first call would run in the graph
+    tree's warm-up, whose private memory pool takes every allocation of the thread and refuses
+    tensors that outlive the graph ("tensor(s) in the cudagraph pool not tracked as outputs")."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if not pk.direct and not (pk.all_dense and pk.backend == "auto" and device.type == "cuda"):
+        _route(pk.backend, pk.source, heads, n, device)
