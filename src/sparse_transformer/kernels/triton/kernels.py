@@ -40,6 +40,16 @@ def _rows_from(start, shift, step_in, step_out, pos_row, c0, R: tl.constexpr):
 
 
 @triton.jit
+def _work_item(items, H, WIDTH: tl.constexpr):
+    """This program's (batch, head, tile, batch * H + head): batch from the grid's second axis,
+    (head, tile) from entry ``program_id(0)`` of the work list (WIDTH ints per entry)."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.load(items + WIDTH * pid).to(tl.int64)
+    return b, h, tl.load(items + WIDTH * pid + 1), b * H + h
+
+
+@triton.jit
 def _tile_rows(desc, pos, t, BLOCK: tl.constexpr):
     """The rows of the program's own tile ``t`` (descriptor table ``desc``, position table ``pos``)."""
     dp = desc + t * 5
@@ -140,13 +150,19 @@ def _visit_mask(vis, masks, e, own, rows, c0, BLOCK: tl.constexpr, R: tl.constex
 
 
 @triton.jit
-def _kind_end(ptr, split, t, first, KIND: tl.constexpr):
-    """Where tile ``t``'s visits of kind KIND end in its list (``first``: where the list starts)."""
-    if KIND < GATHERED:
-        end = first + tl.load(split + 4 * t + KIND)
+def _kind_range(ptr, split, t, KIND: tl.constexpr, NSUB: tl.constexpr):
+    """Steps [lo, hi) of tile ``t``'s visits of kind KIND (``VISIT_KINDS`` order), NSUB steps a visit:
+    its list runs from ptr[t] to ptr[t + 1], split[t] holding where the first four kinds end."""
+    first = tl.load(ptr + t)
+    if KIND == 0:
+        lo = first
     else:
-        end = tl.load(ptr + t + 1)
-    return end
+        lo = first + tl.load(split + 4 * t + KIND - 1)
+    if KIND < GATHERED:
+        hi = first + tl.load(split + 4 * t + KIND)
+    else:
+        hi = tl.load(ptr + t + 1)
+    return lo * NSUB, hi * NSUB
 
 
 @triton.jit
@@ -209,11 +225,7 @@ def fwd_kernel(
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
 ):
     """A query tile's output and log2-sum-exp: online softmax over its visit list, kind by kind."""
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    h = tl.load(items + 2 * pid).to(tl.int64)
-    t = tl.load(items + 2 * pid + 1)
-    bh = b * H + h
+    b, h, t, bh = _work_item(items, H, 2)
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
@@ -224,11 +236,8 @@ def fwd_kernel(
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BDV], tl.float32)
-    first = tl.load(fptr + t)
-    hi = first
     for kind in tl.static_range(5):
-        lo = hi
-        hi = _kind_end(fptr, fsplit, t, first, kind)
+        lo, hi = _kind_range(fptr, fsplit, t, kind, 1)
         m_i, l_i, acc = _fwd_walk(m_i, l_i, acc, q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks,
                                   lo, hi, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, kind)
     l_ok = l_i > 0
@@ -249,11 +258,7 @@ def merge_kernel(
     BLOCK: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
 ):
     """Fold one slot segment into (O, LSE): log-sum-exp weighted sum of the two partial outputs."""
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    h = tl.load(items + 2 * pid).to(tl.int64)
-    t = tl.load(items + 2 * pid + 1)
-    bh = b * H + h
+    _, _, t, bh = _work_item(items, H, 2)
     offs = tl.arange(0, BLOCK)
     offs_dv = tl.arange(0, BDV)
     qi = _tile_rows(qdesc, qpos, t, BLOCK)
@@ -325,8 +330,8 @@ def _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, 
                bvis, qpos, masks, lo, hi, qk_scale, offs_d, offs_dv,
                BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KIND: tl.constexpr):
-    """A key tile's visits lo // (BLOCK // QSUB) .. of one kind, each visited query tile in steps of
-    QSUB rows: accumulate dK (unscaled) and dV, in (keys, queries) layout."""
+    """Steps lo .. hi-1 of a key tile's walk over its visits of one kind, each visited query tile in
+    BLOCK // QSUB steps of QSUB rows: accumulate dK (unscaled) and dV, in (keys, queries) layout."""
     NSUB: tl.constexpr = BLOCK // QSUB
     for i in range(lo, hi):
         e = i // NSUB
@@ -348,8 +353,8 @@ def _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, 
 def _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, lo, hi, qk_scale,
              offs_d, offs_dv, BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
              BDV: tl.constexpr, KSUB: tl.constexpr, KIND: tl.constexpr):
-    """A query tile's visits of one kind, each visited key tile in steps of KSUB rows: accumulate dQ
-    (unscaled)."""
+    """Steps lo .. hi-1 of a query tile's walk over its visits of one kind, each visited key tile in
+    BLOCK // KSUB steps of KSUB rows: accumulate dQ (unscaled)."""
     NSUB: tl.constexpr = BLOCK // KSUB
     for i in range(lo, hi):
         e = i // NSUB
@@ -381,14 +386,10 @@ def _dkdv_program(K, V, DK, DV_, DKS, DVS, q_base, do_base, o_base, lse_base, de
     v = _load_rows(V + b * stride_vb + h * stride_vh, kj, stride_vn, offs_dv, DV, BDV, True)
     dk = tl.zeros([BLOCK, BD], tl.float32)
     dv = tl.zeros([BLOCK, BDV], tl.float32)
-    NSUB: tl.constexpr = BLOCK // QSUB
-    first = tl.load(bptr + tile)
-    hi = first
     for kind in tl.static_range(5):
-        lo = hi
-        hi = _kind_end(bptr, bsplit, tile, first, kind)
+        lo, hi = _kind_range(bptr, bsplit, tile, kind, BLOCK // QSUB)
         dk, dv = _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, stride_qn, stride_don,
-                            bvis, qpos, masks, lo * NSUB, hi * NSUB, qk_scale, offs_d, offs_dv,
+                            bvis, qpos, masks, lo, hi, qk_scale, offs_d, offs_dv,
                             BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB, kind)
     slot = tl.load(kdesc + tile * 5 + 4)
     offs = tl.arange(0, BLOCK)
@@ -412,14 +413,10 @@ def _dq_program(K, V, DQ, DQS, q_base, do_base, o_base, lse_base, delta_base,
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     dq = tl.zeros([BLOCK, BD], tl.float32)
-    NSUB: tl.constexpr = BLOCK // KSUB
-    first = tl.load(fptr + tile)
-    hi = first
     for kind in tl.static_range(5):
-        lo = hi
-        hi = _kind_end(fptr, fsplit, tile, first, kind)
+        lo, hi = _kind_range(fptr, fsplit, tile, kind, BLOCK // KSUB)
         dq = _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks,
-                      lo * NSUB, hi * NSUB, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, KSUB, kind)
+                      lo, hi, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, KSUB, kind)
     _store_rows(DQ, DQS, bh, N, QROWS, dq * scale, qi, tl.load(qdesc + tile * 5 + 4), tl.arange(0, BLOCK), offs_d,
                 D, BLOCK)
 
@@ -438,17 +435,13 @@ def bwd_kernel(
     steps of QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows). O is the
     forward output (contiguous); with INLINE_DELTA, DELTA is not read (no pre-pass ran). DV_ points
     to dV (DV is its head dim)."""
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    h = tl.load(items + 3 * pid).to(tl.int64)
-    tile = tl.load(items + 3 * pid + 1)
-    bh = b * H + h
+    b, h, tile, bh = _work_item(items, H, 3)
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = DO + b * stride_dob + h * stride_doh
     o_base = O + bh * N * DV
     lse_base = LSE + bh * N
     delta_base = DELTA + bh * N
-    if tl.load(items + 3 * pid + 2) == 0:
+    if tl.load(items + 3 * tl.program_id(0) + 2) == 0:
         _dkdv_program(K, V, DK, DV_, DKS, DVS, q_base, do_base, o_base, lse_base, delta_base,
                       stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_qn, stride_don,
                       b, h, bh, N, KROWS, tile, qpos, kdesc, kpos, bvis, bptr, bsplit, masks, scale, qk_scale,
@@ -478,11 +471,7 @@ def add_slots_kernel(
     TWO: tl.constexpr,
 ):
     """X[rows] += XS[slot rows] (and Y, YS with TWO) for one round of slot tiles."""
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    h = tl.load(items + 2 * pid).to(tl.int64)
-    t = tl.load(items + 2 * pid + 1)
-    bh = b * H + h
+    _, _, t, bh = _work_item(items, H, 2)
     rows_pos = _tile_rows(desc, pos, t, BLOCK)
     valid = rows_pos >= 0
     rows = rows_pos.to(tl.int64)
