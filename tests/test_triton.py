@@ -459,3 +459,22 @@ def test_gpu_direct_launch_same_results():
     print(stats)
     if stats["direct_ok"]:
         assert stats["fwd_kernel"]["direct"] >= 1 and stats["bwd_kernel"]["direct"] >= 1
+
+
+def test_fused_qkv_in_the_interpreter():
+    """The kernels read q, k, v as strided views of one fused projection and write its gradient in
+    place (attention_qkv), and write the output in the (batch, seq, heads, d) layout."""
+    from sparse_transformer.kernels import keyed_attention_qkv, op, pattern_key
+
+    heads, qk_width = 2, 32
+    pats = [P.local(16), P.union(*P.factorized("fixed", 32, 8))]
+    qkv = torch.randn(1, 97, 2 * qk_width + 48, device=DEVICE, requires_grad=True)
+    with _Block16():
+        out = keyed_attention_qkv(qkv, pattern_key(pats, heads, "triton"), heads, qk_width)
+        g = torch.randn_like(out)
+        (grad,) = torch.autograd.grad(out, qkv, g)
+    x = qkv.detach().double().requires_grad_()
+    ref = op.merge_heads(sparse_attention(*op.split_qkv(x, heads, qk_width), pats, backend="reference"))
+    (want,) = torch.autograd.grad(ref, x, g.double())
+    tol = FP32_ATOL or 1e-5
+    assert (out.double() - ref).abs().max() < tol and (grad.double() - want).abs().max() < tol

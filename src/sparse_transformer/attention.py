@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import patterns as P
-from .kernels import keyed_attention, pattern_key
+from .kernels import keyed_attention, keyed_attention_qkv, pattern_key
 
 __all__ = ["Attend", "SparseSelfAttention"]
 
@@ -86,19 +86,23 @@ class SparseSelfAttention(nn.Module):
         )
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The sparse attention kernel on (B, H, T, ·) tensors; scale 1/sqrt(per-head q/k dim).
-
-        Under autocast, q, k and v arrive in the autocast dtype and the kernel runs with autocast
-        off: the kernels choose their own precision (float32 softmax statistics), and autocast
-        would otherwise recast their internal float32 products."""
-        device_type = q.device.type
-        if torch.is_autocast_enabled(device_type):
-            with torch.autocast(device_type=device_type, enabled=False):
-                return keyed_attention(q, k, v, self.pattern_key)
-        return keyed_attention(q, k, v, self.pattern_key)
+        """The sparse attention kernel on (B, H, T, ·) tensors; scale 1/sqrt(per-head q/k dim)."""
+        return _autocast_off(keyed_attention, q, k, v, self.pattern_key)
 
     def forward(self, x: torch.Tensor, attend: Attend | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.project(x)
-        y = (attend or self.attend)(q, k, v)  # (B, H, T, d/H)
+        if attend is None:  # the fused projection straight into the kernel: no layout copies
+            qkv = self.in_proj(x)
+            return self.out_proj(_autocast_off(keyed_attention_qkv, qkv, self.pattern_key, self.n_head, self.qk_width))
+        y = attend(*self.project(x))  # (B, H, T, d/H)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, self.d_model))
+
+
+def _autocast_off(kernel, x: torch.Tensor, *args):
+    """``kernel(x, *args)`` with autocast off: under autocast the inputs arrive in the autocast
+    dtype, and the kernels choose their own precision (float32 softmax statistics), which autocast
+    would otherwise recast."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return kernel(x, *args)
+    return kernel(x, *args)

@@ -224,6 +224,22 @@ def keyed_attention(
     return op.attention(q, k, v, pk.key, float(scale))
 
 
+def keyed_attention_qkv(
+    qkv: torch.Tensor, pk: PatternKey, heads: int, qk_width: int, scale: float | None = None
+) -> torch.Tensor:
+    """:func:`keyed_attention` on the fused projection: ``qkv`` (batch, seq, 2 * qk_width + d_v), q,
+    k and v side by side as a QKV linear layer gives them; returns (batch, seq, d_v), heads side by
+    side, as the output projection reads it. Through the registered ``attention_qkv`` operator,
+    whose backward returns the projection's gradient in one tensor (the Triton kernels write it in
+    place); all-dense heads on CUDA and flex run as :func:`keyed_attention` on views."""
+    q, k, v = op.split_qkv(qkv, heads, qk_width)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if pk.direct or (pk.all_dense and pk.backend == "auto" and qkv.is_cuda):
+        return op.merge_heads(keyed_attention(q, k, v, pk, scale))
+    return op.attention_qkv(qkv, pk.key, float(scale), heads, qk_width)
+
+
 class _Route:
     """What one (backend, per-head patterns, n, device) call needs besides the tensors, built once:
     the resolved backend and ``units``, a list of (head index tensor or None, plan) run one
@@ -272,8 +288,11 @@ class _Route:
             return self._forward(q, k, v, self.units[0][1], scale)
         return self._merge([self._forward(q[:, s], k[:, s], v[:, s], plan, scale) for s, plan in self.units])
 
-    def backward(self, q, k, v, o, lse, do, scale: float):
+    def backward(self, q, k, v, o, lse, do, scale: float, grads=None):
+        """dq, dk, dv; the Triton kernels write them into ``grads`` (views) when given."""
         if len(self.units) == 1:
+            if grads is not None and self.name == "triton":
+                return self._backward(q, k, v, o, lse, do, self.units[0][1], scale, grads)
             return self._backward(q, k, v, o, lse, do, self.units[0][1], scale)
         return self._merge([self._backward(q[:, s], k[:, s], v[:, s], o[:, s], lse[:, s], do[:, s], plan, scale)
                             for s, plan in self.units])

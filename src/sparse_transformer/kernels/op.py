@@ -5,7 +5,16 @@ Two operators (``torch.library.custom_op``), each with a fake (meta) implementat
 * ``sparse_transformer::attention(q, k, v, key, scale) -> (out, lse)``
 * ``sparse_transformer::attention_backward(q, k, v, out, lse, dout, key, scale) -> (dq, dk, dv)``
 
-joined by ``register_autograd``. :func:`attention` calls the operator when ``torch.compile`` traces
+joined by ``register_autograd``, and the same pair on the fused projection (what the model calls):
+
+* ``sparse_transformer::attention_qkv(qkv, key, scale, heads, qk_width) -> (out, lse)``: ``qkv``
+  (batch, seq, 2 * qk_width + d_v) as the QKV projection gives it, ``out`` (batch, seq, d_v) as the
+  output projection reads it; the backward returns the QKV projection's gradient in one tensor,
+  which the Triton kernels write in place (no transposing copies around the attention).
+
+Outputs have one layout whatever the backend: (batch, heads, seq, ·) tensors are laid out as
+(batch, seq, heads, ·), the Triton kernels' own layout (a fake implementation must give the
+strides the real one returns). :func:`attention` calls the operator when ``torch.compile`` traces
 it; eager calls take the same route through a plain autograd function, which saves the custom
 op's dispatcher overhead (measured with ``benchmarks/lab/host_overhead.py``). The pattern travels as ``key``: a plain int naming an interned
 (backend, per-head patterns) pair (:func:`register`). Dynamo sees a constant, so it never traces the
@@ -21,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RouteFunction", "attention", "register", "source"]
+__all__ = ["RouteFunction", "attention", "attention_qkv", "merge_heads", "register", "source", "split_qkv"]
 
 _SOURCES: list[tuple[str, object]] = []  # key -> (backend, pattern or tuple of per-head patterns)
 _INDEX: dict[tuple[str, object], int] = {}
@@ -45,27 +54,57 @@ def source(key: int) -> tuple[str, object]:
     return _SOURCES[key]
 
 
-def _route(key: int, q: torch.Tensor):
-    from . import _route as route  # the dispatcher's cache of plans and kernel tables
+def _route(key: int, x: torch.Tensor, heads: int | None = None):
+    """The dispatcher's cached route (plans, kernel tables) for ``key`` and a (batch, heads, seq, d)
+    tensor, or a (batch, seq, width) one with ``heads`` given."""
+    from . import _route as route
 
     backend, src = source(key)
-    return route(backend, src, q.shape[1], q.shape[2], q.device)
+    if x.dim() == 3:
+        return route(backend, src, heads, x.shape[1], x.device)
+    return route(backend, src, x.shape[1], x.shape[2], x.device)
 
 
 def _lse_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
+def _heads_inner(shape, like: torch.Tensor) -> torch.Tensor:
+    """An empty (batch, heads, seq, d) tensor laid out as (batch, seq, heads, d)."""
+    b, h, n, d = shape
+    return like.new_empty(b, n, h, d).transpose(1, 2)
+
+
+def _canonical(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (batch, heads, seq, d) in the (batch, seq, heads, d) layout (copied if not already)."""
+    if x.transpose(1, 2).is_contiguous():
+        return x
+    return _heads_inner(x.shape, x).copy_(x)
+
+
+def split_qkv(qkv: torch.Tensor, heads: int, qk_width: int) -> tuple[torch.Tensor, ...]:
+    """q, k (batch, heads, seq, qk_width / heads) and v: views of the fused projection."""
+    b, n, _ = qkv.shape
+    return tuple(x.view(b, n, heads, -1).transpose(1, 2)
+                 for x in qkv.split([qk_width, qk_width, qkv.shape[-1] - 2 * qk_width], dim=-1))
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, seq, d) -> (batch, seq, heads * d) (a view in the canonical layout)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
 @torch.library.custom_op("sparse_transformer::attention", mutates_args=())
 def _attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _route(key, q).forward(q, k, v, scale)
+    out, lse = _route(key, q).forward(q, k, v, scale)
+    return _canonical(out), lse
 
 
 @_attention.register_fake
 def _(q, k, v, key, scale):
-    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    out = _heads_inner((*q.shape[:3], v.shape[-1]), q)
     return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
 
 
@@ -80,12 +119,12 @@ def _attention_backward(
     key: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _route(key, q).backward(q, k, v, out, lse, dout, scale)
+    return tuple(map(_canonical, _route(key, q).backward(q, k, v, out, lse, dout, scale)))
 
 
 @_attention_backward.register_fake
 def _(q, k, v, out, lse, dout, key, scale):
-    return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
+    return tuple(_heads_inner(x.shape, x) for x in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
@@ -103,6 +142,92 @@ def _backward(ctx, dout, dlse):
 
 
 _attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _qkv_forward(qkv, route, scale: float, heads: int, qk_width: int):
+    q, k, v = split_qkv(qkv, heads, qk_width)
+    out, lse = route.forward(q, k, v, scale)
+    return merge_heads(_canonical(out)), lse
+
+
+def _qkv_backward(qkv, out, lse, dout, route, scale: float, heads: int, qk_width: int):
+    q, k, v = split_qkv(qkv, heads, qk_width)
+    dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+    grads = split_qkv(dqkv, heads, qk_width)
+    o = out.view(out.shape[0], out.shape[1], heads, -1).transpose(1, 2)
+    do = dout.reshape(out.shape).view(o.shape[0], o.shape[2], heads, -1).transpose(1, 2)
+    for g, r in zip(grads, route.backward(q, k, v, o, lse, do, scale, grads)):
+        if r.data_ptr() != g.data_ptr():  # backends that do not write in place
+            g.copy_(r)
+    return dqkv
+
+
+@torch.library.custom_op("sparse_transformer::attention_qkv", mutates_args=())
+def _attention_qkv(
+    qkv: torch.Tensor, key: int, scale: float, heads: int, qk_width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = _qkv_forward(qkv, _route(key, qkv, heads), scale, heads, qk_width)
+    return out, lse
+
+
+@_attention_qkv.register_fake
+def _(qkv, key, scale, heads, qk_width):
+    b, n, width = qkv.shape
+    return qkv.new_empty(b, n, width - 2 * qk_width), qkv.new_empty(b, heads, n, dtype=_lse_dtype(qkv))
+
+
+@torch.library.custom_op("sparse_transformer::attention_qkv_backward", mutates_args=())
+def _attention_qkv_backward(
+    qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, key: int, scale: float,
+    heads: int, qk_width: int,
+) -> torch.Tensor:
+    return _qkv_backward(qkv, out, lse, dout, _route(key, qkv, heads), scale, heads, qk_width)
+
+
+@_attention_qkv_backward.register_fake
+def _(qkv, out, lse, dout, key, scale, heads, qk_width):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+def _qkv_setup_context(ctx, inputs, output):
+    qkv, key, scale, heads, qk_width = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse)
+    ctx.args = key, scale, heads, qk_width
+    ctx.mark_non_differentiable(lse)
+
+
+def _qkv_autograd_backward(ctx, dout, dlse):
+    qkv, out, lse = ctx.saved_tensors
+    return _attention_qkv_backward(qkv, out, lse, dout, *ctx.args), None, None, None, None
+
+
+_attention_qkv.register_autograd(_qkv_autograd_backward, setup_context=_qkv_setup_context)
+
+
+class QKVFunction(torch.autograd.Function):
+    """Eager twin of the fused-projection operator: ``apply(qkv, route, scale, heads, qk_width)``."""
+
+    @staticmethod
+    def forward(ctx, qkv, route, scale: float, heads: int, qk_width: int):
+        out, lse = _qkv_forward(qkv, route, scale, heads, qk_width)
+        ctx.save_for_backward(qkv, out, lse)
+        ctx.args = route, scale, heads, qk_width
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, out, lse = ctx.saved_tensors
+        return _qkv_backward(qkv, out, lse, dout, *ctx.args), None, None, None, None
+
+
+def attention_qkv(qkv: torch.Tensor, key: int, scale: float, heads: int, qk_width: int) -> torch.Tensor:
+    """Attention on the fused projection ``qkv`` (batch, seq, 2 * qk_width + d_v) for a registered
+    ``key``: (batch, seq, d_v), laid out for the output projection; the operator under
+    ``torch.compile``, :class:`QKVFunction` in eager mode."""
+    if torch.compiler.is_compiling():
+        return _attention_qkv(qkv, key, scale, heads, qk_width)[0]
+    return QKVFunction.apply(qkv, _route(key, qkv, heads), scale, heads, qk_width)
 
 
 class RouteFunction(torch.autograd.Function):

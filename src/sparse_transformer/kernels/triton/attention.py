@@ -52,13 +52,19 @@ def _pow2(x: int) -> int:
     return max(16, 1 << (int(x) - 1).bit_length())
 
 
+def _heads_inner(bsz: int, h: int, n: int, d: int, like: torch.Tensor) -> torch.Tensor:
+    """An empty (batch, heads, seq, d) tensor laid out as (batch, seq, heads, d): what the output
+    projection reads, and what the QKV projection's gradient is made of (no transposing copy)."""
+    return torch.empty(bsz, n, h, d, device=like.device, dtype=like.dtype).transpose(1, 2)
+
+
 def _forward(q, k, v, tabs: KernelTables, scale: float):
     kern = kernels()
     policy = tabs.policy
     bsz, h, n, d_qk = q.shape
     d_v = v.shape[-1]
     blk = tabs.block
-    o = torch.empty(bsz, h, n, d_v, device=q.device, dtype=q.dtype)
+    o = _heads_inner(bsz, h, n, d_v, q)
     lse = torch.empty(bsz, h, n, device=q.device, dtype=torch.float32)
     rows = max(tabs.n_qslots, 1) * blk
     if tabs.n_qslots:
@@ -69,20 +75,21 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
     warps, stages, maxnreg = policy.launch_config("fwd", blk, max(d_qk, d_v), tabs.long_walk)
     kern.fwd_kernel(
         (tabs.fwd_items.shape[0], bsz),
-        (q, k, v, o, lse, o_slots, lse_slots, *_strides3(q), *_strides3(k), *_strides3(v), h, n, rows,
-         scale * LOG2E),
+        (q, k, v, o, lse, o_slots, lse_slots, *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), h, n,
+         rows, scale * LOG2E),
         (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v)),  # BLOCK D DV BD BDV
         warps, stages, maxnreg, tabs.fwd_static, policy.direct_launch,
     )
     for items in tabs.q_round_items:
         kern.merge_kernel(
-            (items.shape[0], bsz), (o, lse, o_slots, lse_slots, h, n, rows, tabs.qdesc, tabs.qpos, items),
+            (items.shape[0], bsz), (o, lse, o_slots, lse_slots, *_strides3(o), h, n, rows, tabs.qdesc, tabs.qpos,
+                                    items),
             (blk, d_v, _pow2(d_v)), 4, 3, None, (), policy.direct_launch,  # BLOCK DV BDV
         )
     return o, lse
 
 
-def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
+def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None):
     kern = kernels()
     policy = tabs.policy
     bsz, h, n, d_qk = q.shape
@@ -97,12 +104,14 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
         delta = lse  # not read
     else:
         delta = torch.empty_like(lse)
-        kern.delta_kernel((-(-n // 128), bsz * h), (o, do, delta, h, n, *_strides3(do)), (128, d_v, _pow2(d_v)),
-                          4, 3, None, (), direct)
-    dq = torch.empty(bsz, h, n, d_qk, device=q.device, dtype=q.dtype)
-    alloc = torch.zeros if tabs.zero_dkv else torch.empty
-    dk = alloc(bsz, h, n, d_qk, device=q.device, dtype=k.dtype)
-    dv = alloc(bsz, h, n, d_v, device=q.device, dtype=v.dtype)
+        kern.delta_kernel((-(-n // 128), bsz * h), (o, do, delta, h, n, *_strides3(o), *_strides3(do)),
+                          (128, d_v, _pow2(d_v)), 4, 3, None, (), direct)
+    if grads is None:
+        grads = (_heads_inner(bsz, h, n, d_qk, q), _heads_inner(bsz, h, n, d_qk, k), _heads_inner(bsz, h, n, d_v, v))
+    dq, dk, dv = grads
+    if tabs.zero_dkv:  # some key position has no owner tile
+        dk.zero_()
+        dv.zero_()
     qrows = max(tabs.n_qslots, 1) * blk
     krows = max(tabs.n_kslots, 1) * blk
     dq_slots = torch.empty(bsz, h, qrows, d_qk, device=q.device, dtype=torch.float32) if tabs.n_qslots else dq
@@ -116,18 +125,21 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
     kern.bwd_kernel(
         (tabs.bwd_items.shape[0], bsz),
         (q, k, v, do, o, dq, dk, dv, lse, delta, dq_slots, dk_slots, dv_slots,
-         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), h, n, qrows, krows, scale, scale * LOG2E),
+         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(o),
+         *_strides3(dq), *_strides3(dk), *_strides3(dv), h, n, qrows, krows, scale, scale * LOG2E),
         (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v), inline_delta, qsub, ksub),  # ... INLINE_DELTA QSUB KSUB
         warps, stages, maxnreg, tabs.bwd_static, direct,
     )
     for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
         kern.add_slots_kernel(
-            (items.shape[0], bsz), (dq, dq_slots, dq, dq_slots, h, n, qrows, tabs.qdesc, tabs.qpos, items),
+            (items.shape[0], bsz), (dq, dq_slots, dq, dq_slots, *_strides3(dq), *_strides3(dq), h, n, qrows,
+                                    tabs.qdesc, tabs.qpos, items),
             (blk, d_qk, _pow2(d_qk), d_qk, _pow2(d_qk), False), 4, 3, None, (), direct,
         )
     for items in tabs.k_round_items:
         kern.add_slots_kernel(
-            (items.shape[0], bsz), (dk, dk_slots, dv, dv_slots, h, n, krows, tabs.kdesc, tabs.kpos, items),
+            (items.shape[0], bsz), (dk, dk_slots, dv, dv_slots, *_strides3(dk), *_strides3(dv), h, n, krows,
+                                    tabs.kdesc, tabs.kpos, items),
             (blk, d_qk, _pow2(d_qk), d_v, _pow2(d_v), True), 4, 3, None, (), direct,
         )
     return dq, dk, dv
@@ -135,7 +147,8 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
 
 def forward_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
     """(out, lse) over prepared :func:`~.tables.kernel_tables`: out (batch, heads, seq, head_dim_v) in
-    q's dtype, lse (batch, heads, seq) float32 (log2 domain). q, k, v may be strided views (last dim
+    q's dtype, laid out as (batch, seq, heads, head_dim_v) (``out.transpose(1, 2)`` is contiguous),
+    lse (batch, heads, seq) float32 (log2 domain). q, k, v may be strided views (last dim
     contiguous)."""
     if q.shape[1] != tabs.heads or q.shape[2] != tabs.n:
         raise ValueError(f"tables built for {tabs.heads} heads and n={tabs.n}, inputs have "
@@ -145,10 +158,14 @@ def forward_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: Kern
     return _forward(q, k, v, tabs.fwd_tables, scale)
 
 
-def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float):
-    """dQ, dK, dV of :func:`forward_tables` from its output and log-sum-exp."""
-    q, k, v, do = (_last_contiguous(x) for x in (q, k, v, do))
-    return _backward(q, k, v, o, lse, do, tabs, scale)
+def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None):
+    """dQ, dK, dV of :func:`forward_tables` from its output and log-sum-exp, written into ``grads``
+    (three (batch, heads, seq, ·) views with a contiguous last dim, e.g. of one QKV gradient) or
+    into new tensors laid out as (batch, seq, heads, ·)."""
+    q, k, v, o, do = (_last_contiguous(x) for x in (q, k, v, o, do))
+    if grads is not None and any(g.stride(-1) != 1 for g in grads):
+        raise ValueError("backward_tables writes gradients with a contiguous last dim")
+    return _backward(q, k, v, o, lse, do, tabs, scale, grads)
 
 
 def forward(q, k, v, plan: BlockPlan, scale: float):
@@ -156,9 +173,9 @@ def forward(q, k, v, plan: BlockPlan, scale: float):
     return forward_tables(q, k, v, kernel_tables([plan] * q.shape[1], q.device), scale)
 
 
-def backward(q, k, v, o, lse, do, plan: BlockPlan, scale: float):
+def backward(q, k, v, o, lse, do, plan: BlockPlan, scale: float, grads=None):
     """:func:`backward_tables` for one plan shared by the heads."""
-    return backward_tables(q, k, v, o, lse, do, kernel_tables([plan] * q.shape[1], q.device), scale)
+    return backward_tables(q, k, v, o, lse, do, kernel_tables([plan] * q.shape[1], q.device), scale, grads)
 
 
 @dataclass(frozen=True)

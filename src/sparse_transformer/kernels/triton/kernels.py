@@ -166,16 +166,17 @@ def _kind_range(ptr, split, t, KIND: tl.constexpr, NSUB: tl.constexpr):
 
 
 @triton.jit
-def _store_rows(X, XS, bh, N, SROWS, x, rows, slot, offs, offs_d, D: tl.constexpr, BLOCK: tl.constexpr):
-    """A tile's result rows: to its positions in X (``slot`` < 0: the tile owns them) or, as
-    float32, to slot ``slot`` of XS; padding rows (-1) are skipped."""
+def _store_rows(x_base, stride_xn, xs_base, x, rows, slot, offs, offs_d, D: tl.constexpr, BLOCK: tl.constexpr):
+    """A tile's result rows: to its positions (row stride ``stride_xn`` from ``x_base``, the
+    (batch, head) start of the output; ``slot`` < 0: the tile owns them) or, as float32, to slot
+    ``slot`` of the contiguous slot rows at ``xs_base``; padding rows (-1) are skipped."""
     mask = (rows >= 0)[:, None] & (offs_d < D)[None, :]
     if slot < 0:
         r = rows.to(tl.int64)
-        tl.store(X + bh * N * D + r[:, None] * D + offs_d[None, :], x.to(X.dtype.element_ty), mask=mask)
+        tl.store(x_base + r[:, None] * stride_xn + offs_d[None, :], x.to(x_base.dtype.element_ty), mask=mask)
     else:
         r = (slot * BLOCK + offs).to(tl.int64)
-        tl.store(XS + bh * SROWS * D + r[:, None] * D + offs_d[None, :], x, mask=mask)
+        tl.store(xs_base + r[:, None] * D + offs_d[None, :], x, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +221,7 @@ def _fwd_walk(m_i, l_i, acc, q, qi, k_base, v_base, stride_kn, stride_vn, fvis, 
 def fwd_kernel(
     Q, K, V, O, LSE, OS, LSES,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    H, N, SROWS, qk_scale,
+    stride_ob, stride_oh, stride_on, H, N, SROWS, qk_scale,
     qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
 ):
@@ -245,7 +246,8 @@ def fwd_kernel(
     o = acc / l_safe[:, None]
     lse = tl.where(l_ok, m_i + tl.math.log2(l_safe), float("-inf"))
     slot = tl.load(qdesc + t * 5 + 4)
-    _store_rows(O, OS, bh, N, SROWS, o, qi, slot, offs, offs_dv, DV, BLOCK)
+    _store_rows(O + b * stride_ob + h * stride_oh, stride_on, OS + bh * SROWS * DV, o, qi, slot, offs, offs_dv, DV,
+                BLOCK)
     if slot < 0:
         tl.store(LSE + bh * N + qi.to(tl.int64), lse, mask=qi >= 0)
     else:
@@ -254,11 +256,11 @@ def fwd_kernel(
 
 @triton.jit
 def merge_kernel(
-    O, LSE, OS, LSES, H, N, SROWS, qdesc, qpos, items,
+    O, LSE, OS, LSES, stride_ob, stride_oh, stride_on, H, N, SROWS, qdesc, qpos, items,
     BLOCK: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
 ):
     """Fold one slot segment into (O, LSE): log-sum-exp weighted sum of the two partial outputs."""
-    _, _, t, bh = _work_item(items, H, 2)
+    b, h, t, bh = _work_item(items, H, 2)
     offs = tl.arange(0, BLOCK)
     offs_dv = tl.arange(0, BDV)
     qi = _tile_rows(qdesc, qpos, t, BLOCK)
@@ -273,7 +275,7 @@ def merge_kernel(
     w0 = tl.math.exp2(l0 - m)
     w1 = tl.math.exp2(l1 - m)
     tot = w0 + w1
-    optr = O + bh * N * DV + rows[:, None] * DV + offs_dv[None, :]
+    optr = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_dv[None, :]
     o0 = tl.load(optr, mask=mask2, other=0.0).to(tl.float32)
     o1 = tl.load(OS + bh * SROWS * DV + srow[:, None] * DV + offs_dv[None, :], mask=mask2, other=0.0)
     tot_safe = tl.where(tot > 0, tot, 1.0)
@@ -288,8 +290,8 @@ def merge_kernel(
 
 
 @triton.jit
-def delta_kernel(O, DO, DELTA, H, N, stride_dob, stride_doh, stride_don, BLOCK: tl.constexpr, DV: tl.constexpr,
-                 BDV: tl.constexpr):
+def delta_kernel(O, DO, DELTA, H, N, stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don,
+                 BLOCK: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr):
     """delta[i] = sum_d dO[i, d] * O[i, d] (float32)."""
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -298,14 +300,15 @@ def delta_kernel(O, DO, DELTA, H, N, stride_dob, stride_doh, stride_don, BLOCK: 
     rows = (pid * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     offs_dv = tl.arange(0, BDV)
     mask = (rows < N)[:, None] & (offs_dv < DV)[None, :]
-    o = tl.load(O + bh * N * DV + rows[:, None] * DV + offs_dv[None, :], mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_dv[None, :], mask=mask,
+                other=0.0).to(tl.float32)
     do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_don + offs_dv[None, :], mask=mask,
                  other=0.0).to(tl.float32)
     tl.store(DELTA + bh * N + rows, tl.sum(o * do, 1), mask=rows < N)
 
 
 @triton.jit
-def _query_side(q_base, do_base, o_base, lse_base, delta_base, qi, stride_qn, stride_don, offs_d, offs_dv,
+def _query_side(q_base, do_base, o_base, lse_base, delta_base, qi, stride_qn, stride_don, stride_on, offs_d, offs_dv,
                 D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                 ROWMASK: tl.constexpr, INLINE_DELTA: tl.constexpr):
     """A query tile's q, dO, log-sum-exp and delta = rowsum(dO * O) (inline, or from the pre-pass)."""
@@ -316,7 +319,7 @@ def _query_side(q_base, do_base, o_base, lse_base, delta_base, qi, stride_qn, st
     else:
         lse = tl.load(lse_base + qi)
     if INLINE_DELTA:
-        o = _load_rows(o_base, qi, DV, offs_dv, DV, BDV, ROWMASK)
+        o = _load_rows(o_base, qi, stride_on, offs_dv, DV, BDV, ROWMASK)
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     elif ROWMASK:
         delta = tl.load(delta_base + qi, mask=qi >= 0, other=0.0)
@@ -326,7 +329,7 @@ def _query_side(q_base, do_base, o_base, lse_base, delta_base, qi, stride_qn, st
 
 
 @triton.jit
-def _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, stride_qn, stride_don,
+def _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, stride_qn, stride_don, stride_on,
                bvis, qpos, masks, lo, hi, qk_scale, offs_d, offs_dv,
                BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KIND: tl.constexpr):
@@ -338,7 +341,7 @@ def _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, 
         c0 = (i % NSUB) * QSUB
         qi = _visited_rows(bvis, qpos, e, c0, BLOCK, QSUB, KIND)
         q, do, lse, delta = _query_side(q_base, do_base, o_base, lse_base, delta_base, qi, stride_qn, stride_don,
-                                        offs_d, offs_dv, D, DV, BD, BDV, KIND == GATHERED, INLINE_DELTA)
+                                        stride_on, offs_d, offs_dv, D, DV, BD, BDV, KIND == GATHERED, INLINE_DELTA)
         ok = _visit_mask(bvis, masks, e, kj, qi, c0, BLOCK, QSUB, KIND, True)
         p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
         if KIND >= CAUSAL_TILE:
@@ -372,9 +375,9 @@ def _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fv
 
 
 @triton.jit
-def _dkdv_program(K, V, DK, DV_, DKS, DVS, q_base, do_base, o_base, lse_base, delta_base,
-                  stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_qn, stride_don,
-                  b, h, bh, N, KROWS, tile, qpos, kdesc, kpos, bvis, bptr, bsplit, masks, scale, qk_scale,
+def _dkdv_program(k_base, v_base, dk_base, dv_base, DKS, DVS, q_base, do_base, o_base, lse_base, delta_base,
+                  stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dkn, stride_dvn,
+                  bh, KROWS, tile, qpos, kdesc, kpos, bvis, bptr, bsplit, masks, scale, qk_scale,
                   BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                   INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr):
     """dK, dV of key tile ``tile``: walk the query tiles that see it (its transposed visit list),
@@ -382,25 +385,25 @@ def _dkdv_program(K, V, DK, DV_, DKS, DVS, q_base, do_base, o_base, lse_base, de
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     kj = _tile_rows(kdesc, kpos, tile, BLOCK)
-    k = _load_rows(K + b * stride_kb + h * stride_kh, kj, stride_kn, offs_d, D, BD, True)
-    v = _load_rows(V + b * stride_vb + h * stride_vh, kj, stride_vn, offs_dv, DV, BDV, True)
+    k = _load_rows(k_base, kj, stride_kn, offs_d, D, BD, True)
+    v = _load_rows(v_base, kj, stride_vn, offs_dv, DV, BDV, True)
     dk = tl.zeros([BLOCK, BD], tl.float32)
     dv = tl.zeros([BLOCK, BDV], tl.float32)
     for kind in tl.static_range(5):
         lo, hi = _kind_range(bptr, bsplit, tile, kind, BLOCK // QSUB)
         dk, dv = _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, stride_qn, stride_don,
-                            bvis, qpos, masks, lo, hi, qk_scale, offs_d, offs_dv,
+                            stride_on, bvis, qpos, masks, lo, hi, qk_scale, offs_d, offs_dv,
                             BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB, kind)
     slot = tl.load(kdesc + tile * 5 + 4)
     offs = tl.arange(0, BLOCK)
-    _store_rows(DK, DKS, bh, N, KROWS, dk * scale, kj, slot, offs, offs_d, D, BLOCK)
-    _store_rows(DV_, DVS, bh, N, KROWS, dv, kj, slot, offs, offs_dv, DV, BLOCK)
+    _store_rows(dk_base, stride_dkn, DKS + bh * KROWS * D, dk * scale, kj, slot, offs, offs_d, D, BLOCK)
+    _store_rows(dv_base, stride_dvn, DVS + bh * KROWS * DV, dv, kj, slot, offs, offs_dv, DV, BLOCK)
 
 
 @triton.jit
-def _dq_program(K, V, DQ, DQS, q_base, do_base, o_base, lse_base, delta_base,
-                stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_qn, stride_don,
-                b, h, bh, N, QROWS, tile, qdesc, qpos, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
+def _dq_program(k_base, v_base, dq_base, DQS, q_base, do_base, o_base, lse_base, delta_base,
+                stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dqn,
+                bh, QROWS, tile, qdesc, qpos, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
                 BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                 INLINE_DELTA: tl.constexpr, KSUB: tl.constexpr):
     """dQ of query tile ``tile``: walk its visit list again, kind by kind, each visited key tile in
@@ -409,73 +412,77 @@ def _dq_program(K, V, DQ, DQS, q_base, do_base, o_base, lse_base, delta_base,
     offs_dv = tl.arange(0, BDV)
     qi = _tile_rows(qdesc, qpos, tile, BLOCK)
     q, do, lse, delta = _query_side(q_base, do_base, o_base, lse_base, delta_base, qi, stride_qn, stride_don,
-                                    offs_d, offs_dv, D, DV, BD, BDV, True, INLINE_DELTA)
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
+                                    stride_on, offs_d, offs_dv, D, DV, BD, BDV, True, INLINE_DELTA)
     dq = tl.zeros([BLOCK, BD], tl.float32)
     for kind in tl.static_range(5):
         lo, hi = _kind_range(fptr, fsplit, tile, kind, BLOCK // KSUB)
         dq = _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks,
                       lo, hi, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, KSUB, kind)
-    _store_rows(DQ, DQS, bh, N, QROWS, dq * scale, qi, tl.load(qdesc + tile * 5 + 4), tl.arange(0, BLOCK), offs_d,
-                D, BLOCK)
+    _store_rows(dq_base, stride_dqn, DQS + bh * QROWS * D, dq * scale, qi, tl.load(qdesc + tile * 5 + 4),
+                tl.arange(0, BLOCK), offs_d, D, BLOCK)
 
 
 @triton.jit
 def bwd_kernel(
     Q, K, V, DO, O, DQ, DK, DV_, LSE, DELTA, DQS, DKS, DVS,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    stride_dob, stride_doh, stride_don,
+    stride_dob, stride_doh, stride_don, stride_ob, stride_oh, stride_on,
+    stride_dqb, stride_dqh, stride_dqn, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     H, N, QROWS, KROWS, scale, qk_scale,
     qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KSUB: tl.constexpr,
 ):
     """One launch: item kind 0 computes a key tile's dK, dV (walking the query tiles that see it, in
-    steps of QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows). O is the
-    forward output (contiguous); with INLINE_DELTA, DELTA is not read (no pre-pass ran). DV_ points
-    to dV (DV is its head dim)."""
+    steps of QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows). Every tensor
+    but the slots and LSE/DELTA is read or written through its (batch, head, row) strides; with
+    INLINE_DELTA, DELTA is not read (no pre-pass ran). DV_ points to dV (DV is its head dim)."""
     b, h, tile, bh = _work_item(items, H, 3)
     q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
     do_base = DO + b * stride_dob + h * stride_doh
-    o_base = O + bh * N * DV
+    o_base = O + b * stride_ob + h * stride_oh
     lse_base = LSE + bh * N
     delta_base = DELTA + bh * N
     if tl.load(items + 3 * tl.program_id(0) + 2) == 0:
-        _dkdv_program(K, V, DK, DV_, DKS, DVS, q_base, do_base, o_base, lse_base, delta_base,
-                      stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_qn, stride_don,
-                      b, h, bh, N, KROWS, tile, qpos, kdesc, kpos, bvis, bptr, bsplit, masks, scale, qk_scale,
+        _dkdv_program(k_base, v_base, DK + b * stride_dkb + h * stride_dkh, DV_ + b * stride_dvb + h * stride_dvh,
+                      DKS, DVS, q_base, do_base, o_base, lse_base, delta_base,
+                      stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dkn, stride_dvn,
+                      bh, KROWS, tile, qpos, kdesc, kpos, bvis, bptr, bsplit, masks, scale, qk_scale,
                       BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB)
     else:
-        _dq_program(K, V, DQ, DQS, q_base, do_base, o_base, lse_base, delta_base,
-                    stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_qn, stride_don,
-                    b, h, bh, N, QROWS, tile, qdesc, qpos, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
+        _dq_program(k_base, v_base, DQ + b * stride_dqb + h * stride_dqh, DQS, q_base, do_base, o_base, lse_base,
+                    delta_base, stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dqn,
+                    bh, QROWS, tile, qdesc, qpos, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
                     BLOCK, D, DV, BD, BDV, INLINE_DELTA, KSUB)
 
 
 @triton.jit
-def _add_slot_rows(X, XS, bh, N, SROWS, rows, srow, valid, D: tl.constexpr, BD: tl.constexpr):
-    """X[rows] += XS[srow] for one tile (float32 sum, stored in X's dtype)."""
+def _add_slot_rows(x_base, stride_xn, xs_base, rows, srow, valid, D: tl.constexpr, BD: tl.constexpr):
+    """x[rows] += xs[srow] for one tile (float32 sum, stored in x's dtype)."""
     offs_d = tl.arange(0, BD)
     m = valid[:, None] & (offs_d < D)[None, :]
-    xp = X + bh * N * D + rows[:, None] * D + offs_d[None, :]
+    xp = x_base + rows[:, None] * stride_xn + offs_d[None, :]
     x = tl.load(xp, mask=m, other=0.0).to(tl.float32)
-    x += tl.load(XS + bh * SROWS * D + srow[:, None] * D + offs_d[None, :], mask=m, other=0.0)
-    tl.store(xp, x.to(X.dtype.element_ty), mask=m)
+    x += tl.load(xs_base + srow[:, None] * D + offs_d[None, :], mask=m, other=0.0)
+    tl.store(xp, x.to(x_base.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def add_slots_kernel(
-    X, XS, Y, YS, H, N, SROWS, desc, pos, items,
+    X, XS, Y, YS, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh, stride_yn, H, N, SROWS, desc, pos, items,
     BLOCK: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
     TWO: tl.constexpr,
 ):
-    """X[rows] += XS[slot rows] (and Y, YS with TWO) for one round of slot tiles."""
-    _, _, t, bh = _work_item(items, H, 2)
+    """X[rows] += XS[slot rows] (and Y, YS with TWO) for one round of slot tiles; X and Y through
+    their (batch, head, row) strides, the slots contiguous."""
+    b, h, t, bh = _work_item(items, H, 2)
     rows_pos = _tile_rows(desc, pos, t, BLOCK)
     valid = rows_pos >= 0
     rows = rows_pos.to(tl.int64)
     srow = (tl.load(desc + t * 5 + 4) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-    _add_slot_rows(X, XS, bh, N, SROWS, rows, srow, valid, D, BD)
+    _add_slot_rows(X + b * stride_xb + h * stride_xh, stride_xn, XS + bh * SROWS * D, rows, srow, valid, D, BD)
     if TWO:
-        _add_slot_rows(Y, YS, bh, N, SROWS, rows, srow, valid, DV, BDV)
+        _add_slot_rows(Y + b * stride_yb + h * stride_yh, stride_yn, YS + bh * SROWS * DV, rows, srow, valid, DV,
+                       BDV)
