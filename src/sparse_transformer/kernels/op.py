@@ -12,9 +12,9 @@ joined by ``register_autograd``, and the same pair on the fused projection (what
   output projection reads it; the backward returns the QKV projection's gradient in one tensor,
   which the Triton kernels write in place (no transposing copies around the attention).
 
-Outputs have one layout whatever the backend: (batch, heads, seq, ·) tensors are laid out as
-(batch, seq, heads, ·), the Triton kernels' own layout (a fake implementation must give the
-strides the real one returns). :func:`attention` calls the operator when ``torch.compile`` traces
+Outputs have one layout whatever the backend (a fake implementation must give the strides the real
+one returns): the attention output (batch, heads, seq, ·) is laid out as (batch, seq, heads, ·),
+what the output projection reads; gradients as ``torch.empty_like`` lays out their inputs. :func:`attention` calls the operator when ``torch.compile`` traces
 it; eager calls take the same route through a plain autograd function, which saves the custom
 op's dispatcher overhead (measured with ``benchmarks/lab/host_overhead.py``). The pattern travels as ``key``: a plain int naming an interned
 (backend, per-head patterns) pair (:func:`register`). Dynamo sees a constant, so it never traces the
@@ -82,6 +82,13 @@ def _canonical(x: torch.Tensor) -> torch.Tensor:
     return _heads_inner(x.shape, x).copy_(x)
 
 
+def _like(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Gradient ``g`` of ``x`` in the layout ``torch.empty_like(x)`` has (copied if not already)."""
+    if g.stride() == torch.empty_like(x, device="meta").stride():
+        return g
+    return torch.empty_like(x).copy_(g)
+
+
 def split_qkv(qkv: torch.Tensor, heads: int, qk_width: int) -> tuple[torch.Tensor, ...]:
     """q, k (batch, heads, seq, qk_width / heads) and v: views of the fused projection."""
     b, n, _ = qkv.shape
@@ -119,12 +126,13 @@ def _attention_backward(
     key: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(map(_canonical, _route(key, q).backward(q, k, v, out, lse, dout, scale)))
+    grads = _route(key, q).backward(q, k, v, out, lse, dout, scale)
+    return tuple(_like(g, x) for g, x in zip(grads, (q, k, v)))
 
 
 @_attention_backward.register_fake
 def _(q, k, v, out, lse, dout, key, scale):
-    return tuple(_heads_inner(x.shape, x) for x in (q, k, v))
+    return tuple(torch.empty_like(x) for x in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):

@@ -106,8 +106,8 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None)
         delta = torch.empty_like(lse)
         kern.delta_kernel((-(-n // 128), bsz * h), (o, do, delta, h, n, *_strides3(o), *_strides3(do)),
                           (128, d_v, _pow2(d_v)), 4, 3, None, (), direct)
-    if grads is None:
-        grads = (_heads_inner(bsz, h, n, d_qk, q), _heads_inner(bsz, h, n, d_qk, k), _heads_inner(bsz, h, n, d_v, v))
+    if grads is None:  # in the inputs' layout (views of a fused projection: contiguous)
+        grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
     dq, dk, dv = grads
     if tabs.zero_dkv:  # some key position has no owner tile
         dk.zero_()
@@ -161,7 +161,7 @@ def forward_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: Kern
 def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None):
     """dQ, dK, dV of :func:`forward_tables` from its output and log-sum-exp, written into ``grads``
     (three (batch, heads, seq, ·) views with a contiguous last dim, e.g. of one QKV gradient) or
-    into new tensors laid out as (batch, seq, heads, ·)."""
+    into new tensors laid out as ``torch.empty_like`` lays out q, k and v."""
     q, k, v, o, do = (_last_contiguous(x) for x in (q, k, v, o, do))
     if grads is not None and any(g.stride(-1) != 1 for g in grads):
         raise ValueError("backward_tables writes gradients with a contiguous last dim")
