@@ -149,7 +149,7 @@ def build_row(row: str, mc, device: str):
         model = torch.compile(model) if name == "gpt" else apply_compile(model)
     if how == "graphs":  # CUDA graphs: train.compile_mode=reduce-overhead
         model = (torch.compile(model, mode="reduce-overhead") if name == "gpt"
-                 else apply_compile(model, "reduce-overhead"))
+                 else apply_compile(model, "reduce-overhead", mc.ctx))
     return model, opt, params
 
 

@@ -75,7 +75,8 @@ def resolve_compile_mode(mode: str, model: nn.Module, recompute: bool = False, d
 def apply_compile(model: nn.Module, mode: str = "default", seq_len: int | None = None) -> nn.Module:
     """Compile every residual block's forward (``fullgraph=True``: a graph break is an error).
     Apply after recomputation and before DDP/FSDP wrapping, the model on its device; idempotent.
-    With CUDA graphs, the attention routes for ``seq_len`` are built first (outside any graph)."""
+    With CUDA graphs, the attention routes for ``seq_len`` (default: the model's ``cfg.ctx``) are
+    built first, outside any graph."""
     mode = resolve_compile_mode(mode, model)
     blocks = getattr(model, "blocks", None)
     if blocks is None:
@@ -94,6 +95,8 @@ def apply_compile(model: nn.Module, mode: str = "default", seq_len: int | None =
         raise ValueError(f"train.compile_mode={mode} captures CUDA graphs, which the torch attention backend "
                          "cannot run in (it reads tile counts on the host); use model.backend=triton or "
                          "train.compile_mode=default")
+    if seq_len is None and hasattr(model, "cfg"):
+        seq_len = model.cfg.ctx  # the training length of a SparseTransformer
     if uses_cuda_graphs(mode) and seq_len:
         from .kernels import prepare_route
 
