@@ -166,6 +166,9 @@ def test_cuda_graph_modes_build_the_routes_first():
     kernels._ROUTES.clear()
     apply_compile(m, "reduce-overhead", seq_len=48)
     assert {key[1] for key in kernels._ROUTES} == {48} and len(kernels._ROUTES) == 2  # local, strided
+    kernels._ROUTES.clear()
+    apply_compile(_model("strided", "interleaved", False, n_layer=2), "reduce-overhead")  # the model's ctx
+    assert len(kernels._ROUTES) == 2
 
 
 def test_should_compile_and_bad_values():

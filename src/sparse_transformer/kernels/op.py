@@ -163,7 +163,7 @@ def _qkv_backward(qkv, out, lse, dout, route, scale: float, heads: int, qk_width
     dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
     grads = split_qkv(dqkv, heads, qk_width)
     o = out.view(out.shape[0], out.shape[1], heads, -1).transpose(1, 2)
-    do = dout.reshape(out.shape).view(o.shape[0], o.shape[2], heads, -1).transpose(1, 2)
+    do = dout.reshape(o.shape[0], o.shape[2], heads, -1).transpose(1, 2)  # any strides (e.g. expanded)
     for g, r in zip(grads, route.backward(q, k, v, o, lse, do, scale, grads)):
         if r.data_ptr() != g.data_ptr():  # backends that do not write in place
             g.copy_(r)
