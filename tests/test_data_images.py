@@ -135,6 +135,19 @@ def test_cifar10_missing_batch_and_bad_pickle(tmp_path: Path) -> None:
     (tmp_path / "junk.tar.gz").write_bytes(b"nope")
     with pytest.raises(ValueError, match="not a readable tar"):
         prepare("cifar10", tmp_path / "data", path=tmp_path / "junk.tar.gz", progress=False)
+    with pytest.raises(ValueError, match="truncated or damaged"):  # a partial archive is said to be one
+        prepare("cifar10", tmp_path / "data", path=p, progress=False)
+    full = tmp_path / "full.tar"
+    with tarfile.open(full, "w") as t:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            data = cifar_batch_pickle(cifar_images(2, 0))
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(ValueError, match="not a readable tar|truncated or damaged"):
+        prepare("cifar10", tmp_path / "data", path=cut, progress=False)
 
 
 class _Evil:

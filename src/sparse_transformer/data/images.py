@@ -338,8 +338,9 @@ def _cifar_members(src: Path) -> dict[str, bytes]:
             raise ValueError(f"{src}: not a readable tar archive ({e})") from e
     missing = sorted(wanted - set(found))
     if missing:
+        damaged = " (some found: the archive may be truncated or damaged)" if found and not src.is_dir() else ""
         raise ValueError(
-            f"{src}: missing CIFAR-10 batch(es) {', '.join(missing)}; expected "
+            f"{src}: missing CIFAR-10 batch(es) {', '.join(missing)}{damaged}; expected "
             "cifar-10-python.tar.gz or its cifar-10-batches-py folder"
         )
     return found
