@@ -47,6 +47,8 @@ def plan_block(backend: str, pattern: Pattern) -> int:
     if backend in PLAN_BLOCK_FIXED and any(isinstance(p, (Block, Summary)) for p in pattern.parts()):
         return PLAN_BLOCK_FIXED[backend]
     return PLAN_BLOCK[backend]
+
+
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _warned: set[str] = set()
 

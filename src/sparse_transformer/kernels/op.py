@@ -28,9 +28,12 @@ FlexAttention) are called directly by :func:`sparse_transformer.kernels.sparse_a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["RouteFunction", "attention", "attention_qkv", "merge_heads", "register", "source", "split_qkv"]
+__all__ = ["PlanRoute", "RouteFunction", "attention", "attention_qkv", "merge_heads", "register", "source", "split_qkv"]
 
 _SOURCES: list[tuple[str, object]] = []  # key -> (backend, pattern or tuple of per-head patterns)
 _INDEX: dict[tuple[str, object], int] = {}
@@ -236,6 +239,22 @@ def attention_qkv(qkv: torch.Tensor, key: int, scale: float, heads: int, qk_widt
     if torch.compiler.is_compiling():
         return _attention_qkv(qkv, key, scale, heads, qk_width)[0]
     return QKVFunction.apply(qkv, _route(key, qkv, heads), scale, heads, qk_width)
+
+
+@dataclass(frozen=True)
+class PlanRoute:
+    """A backend's ``forward(q, k, v, plan, scale)`` and ``backward(q, k, v, out, lse, dout, plan,
+    scale)`` bound to one plan (or kernel tables): a route for :class:`RouteFunction`."""
+
+    fwd: Callable
+    bwd: Callable
+    plan: object
+
+    def forward(self, q, k, v, scale: float):
+        return self.fwd(q, k, v, self.plan, scale)
+
+    def backward(self, q, k, v, out, lse, dout, scale: float):
+        return self.bwd(q, k, v, out, lse, dout, self.plan, scale)
 
 
 class RouteFunction(torch.autograd.Function):

@@ -159,35 +159,14 @@ def backward(q, k, v, out, lse, dout, plan: BlockPlan, scale: float):
     )
 
 
-class _SparseAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, plan: BlockPlan, scale: float):
-        out, lse = forward(q, k, v, plan, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale = plan, scale
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, dlse_unused):
-        q, k, v, out, lse = ctx.saved_tensors
-        return (*backward(q, k, v, out, lse, dout, ctx.plan, ctx.scale), None, None)
-
-
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    plan: BlockPlan,
-    scale: float | None = None,
-    *,
-    return_lse: bool = False,
-):
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float | None = None):
     """Block-sparse attention for one plan shared by all heads.
 
     q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plan`` from
-    ``pattern.plan(seq, block, device)``. Returns (batch, heads, seq, head_dim_v) in q's dtype
-    (and the float32 log-sum-exp with ``return_lse``). Differentiable in q, k and v.
+    ``pattern.plan(seq, block, device)``. Returns (batch, heads, seq, head_dim_v) in q's dtype,
+    differentiable in q, k and v (:func:`forward`, :func:`backward`).
     """
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    out, lse = _SparseAttention.apply(q, k, v, plan, float(scale))
-    return (out, lse) if return_lse else out
+    from .op import PlanRoute, RouteFunction
+
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return RouteFunction.apply(q, k, v, PlanRoute(forward, backward, plan), scale)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 
@@ -178,19 +177,6 @@ def backward(q, k, v, o, lse, do, plan: BlockPlan, scale: float, grads=None):
     return backward_tables(q, k, v, o, lse, do, kernel_tables([plan] * q.shape[1], q.device), scale, grads)
 
 
-@dataclass(frozen=True)
-class _TablesRoute:
-    """Prepared tables as a route for :class:`~sparse_transformer.kernels.op.RouteFunction`."""
-
-    tabs: KernelTables
-
-    def forward(self, q, k, v, scale: float):
-        return forward_tables(q, k, v, self.tabs, scale)
-
-    def backward(self, q, k, v, o, lse, do, scale: float):
-        return backward_tables(q, k, v, o, lse, do, self.tabs, scale)
-
-
 def _check_tensors(q, v) -> None:
     if q.dtype not in _DTYPES:
         raise ValueError(f"the triton backend takes float16, bfloat16 or float32, got {q.dtype}")
@@ -213,9 +199,9 @@ def _check_plans(n: int, plans: list[BlockPlan]) -> None:
 def attention_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
     """Differentiable attention over prepared :func:`~.tables.kernel_tables` (checks the tensors
     against the tables, then :func:`forward_tables`; the backward is :func:`backward_tables`)."""
-    from ..op import RouteFunction
+    from ..op import PlanRoute, RouteFunction
 
-    return RouteFunction.apply(q, k, v, _TablesRoute(tabs), scale)
+    return RouteFunction.apply(q, k, v, PlanRoute(forward_tables, backward_tables, tabs), scale)
 
 
 def attention_multihead(
