@@ -169,6 +169,15 @@ def test_cuda_graph_modes_build_the_routes_first():
     kernels._ROUTES.clear()
     apply_compile(_model("strided", "interleaved", False, n_layer=2), "reduce-overhead")  # the model's ctx
     assert len(kernels._ROUTES) == 2
+    # A second model with equal (not identical) patterns: its calls hit the routes built for it.
+    again = _model("strided", "interleaved", False, n_layer=2)
+    kernels._ROUTES.clear()
+    apply_compile(again, "reduce-overhead", seq_len=48)
+    prepared = set(kernels._ROUTES)
+    for block in again.blocks:  # the blocks' eager forwards (nothing compiles on the first call here)
+        block.forward = block.forward.__wrapped__ if hasattr(block.forward, "__wrapped__") else block.forward
+    again(torch.randint(0, 256, (1, 48)))
+    assert set(kernels._ROUTES) == prepared
 
 
 def test_should_compile_and_bad_values():
@@ -240,3 +249,13 @@ def test_compile_mode_auto_on_cuda():
     assert resolve_compile_mode("auto", slow) == "default"
     with pytest.raises(ValueError, match="torch attention backend"):
         apply_compile(slow, "reduce-overhead", 48)
+
+
+def test_fused_qkv_bad_inputs():
+    from sparse_transformer.kernels import keyed_attention_qkv
+
+    pk = pattern_key(P.local(8), 2, "torch")
+    with pytest.raises(ValueError, match="float tensor"):
+        keyed_attention_qkv(torch.zeros(1, 16, 96, dtype=torch.int64), pk, 2, 32)
+    with pytest.raises(ValueError, match="does not split"):
+        keyed_attention_qkv(torch.zeros(1, 16, 64), pk, 2, 32)

@@ -56,10 +56,12 @@ def _attention_backends(model: nn.Module, device: torch.device) -> set[str]:
     return out
 
 
-def resolve_compile_mode(mode: str, model: nn.Module, recompute: bool = False, distributed: str = "none") -> str:
+def resolve_compile_mode(mode: str, model: nn.Module, recompute: bool = False, distributed: str = "none",
+                         micro_batches: bool = False) -> str:
     """``train.compile_mode`` with ``auto`` resolved: ``reduce-overhead`` (CUDA graphs of each
     block's forward and backward) on CUDA when every attention layer runs on the Triton kernels or
-    SDPA, without recomputation or a data-parallel wrapper (the measured case: enwik8 preset at
+    SDPA, without recomputation, a data-parallel wrapper or gradient accumulation
+    (``micro_batches``) (the measured case: enwik8 preset at
     batch 2 on the H200, 84-90 against 88-108 ms per step, docs/training-step.md); ``default``
     otherwise. Other modes are returned as they are."""
     if mode not in COMPILE_MODES:
@@ -67,7 +69,7 @@ def resolve_compile_mode(mode: str, model: nn.Module, recompute: bool = False, d
     if mode != "auto":
         return mode
     device = next(model.parameters()).device
-    if device.type != "cuda" or recompute or distributed != "none":
+    if device.type != "cuda" or recompute or distributed != "none" or micro_batches:
         return "default"
     return "reduce-overhead" if _attention_backends(model, device) <= {"triton", "sdpa"} else "default"
 
@@ -77,10 +79,16 @@ def apply_compile(model: nn.Module, mode: str = "default", seq_len: int | None =
     Apply after recomputation and before DDP/FSDP wrapping, the model on its device; idempotent.
     With CUDA graphs, the attention routes for ``seq_len`` (default: the model's ``cfg.ctx``) are
     built first, outside any graph."""
-    mode = resolve_compile_mode(mode, model)
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ValueError("compiling needs a model with a .blocks ModuleList of residual blocks")
+    recompute = any(getattr(block, "_recompute", False) for block in blocks)
+    mode = resolve_compile_mode(mode, model, recompute)
+    device = next(model.parameters()).device
+    if uses_cuda_graphs(mode) and device.type == "cuda" and "torch" in _attention_backends(model, device):
+        raise ValueError(f"train.compile_mode={mode} captures CUDA graphs, which the torch attention backend "
+                         "cannot run in (it reads tile counts on the host); use model.backend=triton or "
+                         "train.compile_mode=default")
     # Static shapes: training steps have one shape; evaluation's few others compile once each.
     options = {"fullgraph": True, "dynamic": False}
     if mode != "default":
@@ -90,11 +98,6 @@ def apply_compile(model: nn.Module, mode: str = "default", seq_len: int | None =
             continue
         block.forward = torch.compile(block.forward, **options)
         block._compiled = True
-    device = next(model.parameters()).device
-    if uses_cuda_graphs(mode) and device.type == "cuda" and "torch" in _attention_backends(model, device):
-        raise ValueError(f"train.compile_mode={mode} captures CUDA graphs, which the torch attention backend "
-                         "cannot run in (it reads tile counts on the host); use model.backend=triton or "
-                         "train.compile_mode=default")
     if seq_len is None and hasattr(model, "cfg"):
         seq_len = model.cfg.ctx  # the training length of a SparseTransformer
     if uses_cuda_graphs(mode) and seq_len:

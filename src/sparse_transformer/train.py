@@ -116,9 +116,14 @@ def apply_infrastructure(model: nn.Module, cfg: Config, info: D.DistInfo) -> nn.
         model = apply_recompute(model)
     t = cfg.train
     if should_compile(t.compile, info.device):
-        mode = resolve_compile_mode(t.compile_mode, model, t.recompute, t.distributed)
+        mode = resolve_compile_mode(t.compile_mode, model, t.recompute, t.distributed, _accumulates(t))
         model = apply_compile(model, mode, cfg.model.ctx)
     return D.apply_parallel(model, cfg.train.distributed, info)
+
+
+def _accumulates(t) -> bool:
+    """Whether a step runs several forward/backward passes (``train.micro_batch_size``)."""
+    return 0 < t.micro_batch_size < t.batch_size
 
 
 def configure_optimizer(model: nn.Module, t) -> torch.optim.AdamW:
@@ -437,7 +442,7 @@ def _train(
 
     model.train()
     compiled, first_step = should_compile(t.compile, device), step
-    mode = resolve_compile_mode(t.compile_mode, D.unwrap(model), t.recompute, t.distributed)
+    mode = resolve_compile_mode(t.compile_mode, D.unwrap(model), t.recompute, t.distributed, _accumulates(t))
     graphs = compiled and uses_cuda_graphs(mode)
     t_start = time.perf_counter()
     last: dict[str, Any] = {"train_loss": None}

@@ -199,8 +199,9 @@ def pattern_key(pattern: Pattern | Sequence[Pattern], heads: int, backend: str =
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     pats = _head_patterns(pattern, heads)
     src = pats[0] if len(set(pats)) == 1 else tuple(pats)
+    key = op.register(backend, src)
     pk = PatternKey(
-        key=op.register(backend, src), backend=backend, source=src,
+        key=key, backend=backend, source=op.source(key)[1],  # the object the operator's routes are keyed by
         all_dense=all(isinstance(p, Dense) for p in pats), direct=backend == "flex",
     )  # fmt: skip
     if ids is not None:
@@ -234,6 +235,12 @@ def keyed_attention_qkv(
     side, as the output projection reads it. Through the registered ``attention_qkv`` operator,
     whose backward returns the projection's gradient in one tensor (the Triton kernels write it in
     place); all-dense heads on CUDA and flex run as :func:`keyed_attention` on views."""
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3 or qkv.dtype not in _DTYPES:
+        raise ValueError(f"qkv must be a (batch, seq, 2 * qk_width + d_v) float tensor, got "
+                         f"{getattr(qkv, 'shape', type(qkv).__name__)} {getattr(qkv, 'dtype', '')}")
+    if qkv.shape[-1] <= 2 * qk_width or qk_width % heads or (qkv.shape[-1] - 2 * qk_width) % heads:
+        raise ValueError(f"qkv width {qkv.shape[-1]} does not split into 2 x qk_width={qk_width} and a value "
+                         f"width, each a multiple of heads={heads}")
     q, k, v = op.split_qkv(qkv, heads, qk_width)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])

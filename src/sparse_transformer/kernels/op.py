@@ -12,8 +12,8 @@ joined by ``register_autograd``, and the same pair on the fused projection (what
   output projection reads it; the backward returns the QKV projection's gradient in one tensor,
   which the Triton kernels write in place (no transposing copies around the attention).
 
-Outputs have one layout whatever the backend (a fake implementation must give the strides the real
-one returns): the attention output (batch, heads, seq, ·) is laid out as (batch, seq, heads, ·),
+Under ``torch.compile`` the operators' outputs have one layout whatever the backend (a fake
+implementation must give the strides the real one returns; eager calls keep the backend's own): the attention output (batch, heads, seq, ·) is laid out as (batch, seq, heads, ·),
 what the output projection reads; gradients as ``torch.empty_like`` lays out their inputs. :func:`attention` calls the operator when ``torch.compile`` traces
 it; eager calls take the same route through a plain autograd function, which saves the custom
 op's dispatcher overhead (measured with ``benchmarks/lab/host_overhead.py``). The pattern travels as ``key``: a plain int naming an interned
@@ -227,6 +227,7 @@ class QKVFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         qkv, out, lse = ctx.saved_tensors
         return _qkv_backward(qkv, out, lse, dout, *ctx.args), None, None, None, None
@@ -253,7 +254,8 @@ class PlanRoute:
     def forward(self, q, k, v, scale: float):
         return self.fwd(q, k, v, self.plan, scale)
 
-    def backward(self, q, k, v, out, lse, dout, scale: float):
+    def backward(self, q, k, v, out, lse, dout, scale: float, grads=None):
+        """dq, dk, dv (``grads``, views to write into, are a hint the backend may ignore)."""
         return self.bwd(q, k, v, out, lse, dout, self.plan, scale)
 
 
@@ -271,6 +273,7 @@ class RouteFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         return (*ctx.route.backward(q, k, v, out, lse, dout, ctx.scale), None, None)
