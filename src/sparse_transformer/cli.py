@@ -583,6 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    def run_options(sp: argparse.ArgumentParser) -> None:
+        """Where the data lives and the device, for the commands that open a trained run."""
+        sp.add_argument("--data-dir", default=None, help="where datasets live (default: the run's)")
+        sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
     from .data import PREPARERS
 
     sp = sub.add_parser(
@@ -624,8 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-context", type=int, default=0, help="score only tokens with >= M "
                     "context; windows advance by ctx - M (paper Table 3)")  # fmt: skip
     sp.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    sp.add_argument("--data-dir", default=None, help="where datasets live (default: the run's)")
-    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    run_options(sp)
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     common(sp)
     sp.set_defaults(func=cmd_eval)
@@ -649,8 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--complete", type=int, default=None, metavar="N",
                     help="images: complete N real test images from their top half")  # fmt: skip
     sp.add_argument("--out", default=None, help="write the samples into this folder")
-    sp.add_argument("--data-dir", default=None, help="where datasets live (default: the run's)")
-    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    run_options(sp)
     common(sp)
     sp.set_defaults(func=cmd_sample)
 

@@ -51,8 +51,7 @@ def _attention_backends(model: nn.Module, device: torch.device) -> set[str]:
     for m in model.modules():
         pk = getattr(m, "pattern_key", None)
         if pk is not None:
-            dense = pk.all_dense and pk.backend == "auto" and device.type == "cuda"
-            out.add("sdpa" if dense else resolve_backend(pk.backend, device))
+            out.add("sdpa" if pk.uses_sdpa(device) else resolve_backend(pk.backend, device))
     return out
 
 
@@ -98,6 +97,7 @@ def apply_compile(model: nn.Module, mode: str = "default", seq_len: int | None =
             continue
         block.forward = torch.compile(block.forward, **options)
         block._compiled = True
+    model.compile_mode = mode  # resolved: the trainer marks CUDA-graph steps from it
     if seq_len is None and hasattr(model, "cfg"):
         seq_len = model.cfg.ctx  # the training length of a SparseTransformer
     if uses_cuda_graphs(mode) and seq_len:

@@ -442,8 +442,7 @@ def _train(
 
     model.train()
     compiled, first_step = should_compile(t.compile, device), step
-    mode = resolve_compile_mode(t.compile_mode, D.unwrap(model), t.recompute, t.distributed, _accumulates(t))
-    graphs = compiled and uses_cuda_graphs(mode)
+    graphs = compiled and uses_cuda_graphs(getattr(D.unwrap(model), "compile_mode", "default"))
     t_start = time.perf_counter()
     last: dict[str, Any] = {"train_loss": None}
     acc_loss, acc_steps, t_interval = 0.0, 0, time.perf_counter()

@@ -183,6 +183,10 @@ class PatternKey:
     all_dense: bool
     direct: bool
 
+    def uses_sdpa(self, device: torch.device) -> bool:
+        """All-dense heads under ``auto`` on CUDA: PyTorch's causal SDPA, not the operator."""
+        return self.all_dense and self.backend == "auto" and device.type == "cuda"
+
 
 _PATTERN_KEYS: dict[tuple, tuple[object, PatternKey]] = {}
 
@@ -218,7 +222,7 @@ def keyed_attention(
     into one node (the registered operator, or SDPA for all-dense heads on CUDA)."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    if pk.all_dense and pk.backend == "auto" and q.is_cuda:
+    if pk.uses_sdpa(q.device):
         # PyTorch's causal SDPA (FlashAttention / cuDNN) is the best dense kernel, and a dense
         # plan gains nothing from our tables.
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
@@ -244,7 +248,7 @@ def keyed_attention_qkv(
     q, k, v = op.split_qkv(qkv, heads, qk_width)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    if pk.direct or (pk.all_dense and pk.backend == "auto" and qkv.is_cuda):
+    if pk.direct or pk.uses_sdpa(qkv.device):
         return op.merge_heads(keyed_attention(q, k, v, pk, scale))
     return op.attention_qkv(qkv, pk.key, float(scale), heads, qk_width)
 
@@ -358,5 +362,5 @@ def prepare_route(pk: PatternKey, heads: int, n: int, device: torch.device | str
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if not pk.direct and not (pk.all_dense and pk.backend == "auto" and device.type == "cuda"):
+    if not pk.direct and not pk.uses_sdpa(device):
         _route(pk.backend, pk.source, heads, n, device)

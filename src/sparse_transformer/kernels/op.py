@@ -72,8 +72,9 @@ def _lse_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _heads_inner(shape, like: torch.Tensor) -> torch.Tensor:
-    """An empty (batch, heads, seq, d) tensor laid out as (batch, seq, heads, d)."""
+def heads_inner(shape, like: torch.Tensor) -> torch.Tensor:
+    """An empty (batch, heads, seq, d) tensor laid out as (batch, seq, heads, d): what the output
+    projection reads (``like``'s dtype and device)."""
     b, h, n, d = shape
     return like.new_empty(b, n, h, d).transpose(1, 2)
 
@@ -82,7 +83,7 @@ def _canonical(x: torch.Tensor) -> torch.Tensor:
     """``x`` (batch, heads, seq, d) in the (batch, seq, heads, d) layout (copied if not already)."""
     if x.transpose(1, 2).is_contiguous():
         return x
-    return _heads_inner(x.shape, x).copy_(x)
+    return heads_inner(x.shape, x).copy_(x)
 
 
 def _like(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,7 @@ def _attention(
 
 @_attention.register_fake
 def _(q, k, v, key, scale):
-    out = _heads_inner((*q.shape[:3], v.shape[-1]), q)
+    out = heads_inner((*q.shape[:3], v.shape[-1]), q)
     return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
 
 

@@ -15,6 +15,7 @@ import os
 import torch
 
 from ...patterns import BlockPlan
+from ..op import heads_inner
 from .launcher import kernels
 from .policy import LaunchPolicy
 from .tables import KernelTables, kernel_tables
@@ -51,19 +52,13 @@ def _pow2(x: int) -> int:
     return max(16, 1 << (int(x) - 1).bit_length())
 
 
-def _heads_inner(bsz: int, h: int, n: int, d: int, like: torch.Tensor) -> torch.Tensor:
-    """An empty (batch, heads, seq, d) tensor laid out as (batch, seq, heads, d): what the output
-    projection reads, and what the QKV projection's gradient is made of (no transposing copy)."""
-    return torch.empty(bsz, n, h, d, device=like.device, dtype=like.dtype).transpose(1, 2)
-
-
 def _forward(q, k, v, tabs: KernelTables, scale: float):
     kern = kernels()
     policy = tabs.policy
     bsz, h, n, d_qk = q.shape
     d_v = v.shape[-1]
     blk = tabs.block
-    o = _heads_inner(bsz, h, n, d_v, q)
+    o = heads_inner((bsz, h, n, d_v), q)
     lse = torch.empty(bsz, h, n, device=q.device, dtype=torch.float32)
     rows = max(tabs.n_qslots, 1) * blk
     if tabs.n_qslots:
