@@ -167,7 +167,7 @@ def step(model, opt, params, x, y, device: str) -> torch.Tensor:
 
 
 KINDS = (
-    ("attention", ("fwd_kernel", "bwd_kernel", "merge_kernel", "delta_kernel", "add_slots_kernel",
+    ("attention", ("fwd_kernel", "bwd_kernel", "delta_kernel",
                    "flash", "fmha", "cudnn", "attention")),
     ("optimizer", ("adam", "multi_tensor", "foreach")),
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "matmul")),

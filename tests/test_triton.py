@@ -193,12 +193,28 @@ def test_short_walk_position_order():
     heads = [P.local(16), P.strided(16)]
     tabs = TA.kernel_tables([p.plan(97, 16, DEVICE) for p in heads], DEVICE)
     assert not tabs.long_walk
-    bwd = tabs.bwd_items.long().cpu()
+    assert len(tabs.bwd_rounds) == 1  # one segment per head: one launch
+    bwd = tabs.bwd_rounds[0].long().cpu()
     assert len({tuple(r) for r in bwd.tolist()}) == bwd.shape[0] == 2 * tabs.qdesc.shape[0]
     assert bwd[0::2, 2].eq(0).all() and bwd[1::2, 2].eq(1).all()
     q, k, v = qkv(1, 2, 97, 32, torch.float32, seed=14)
     with _Block16():
         assert_close_to_reference(q, k, v, heads, "triton", atol=FP32_ATOL)
+
+
+def test_rounds_fold_into_earlier_writes():
+    """Tiles that share rows run in later rounds (launches) and fold into what earlier rounds wrote:
+    a two-segment strided head takes two rounds each way; the fixed merged head's long-walk summary
+    key tiles go first, the natural key tiles that hold summary rows second, adding on those rows only."""
+    tabs = TA.kernel_tables([P.union(*P.factorized("strided", 16)).plan(97, 16)], "cpu")
+    assert len(tabs.fwd_rounds) == 2 and len(tabs.bwd_rounds) == 2
+    tabs = TA.kernel_tables([P.union(*P.factorized("fixed", 32, 8)).plan(128, 16)], "cpu")
+    assert len(tabs.fwd_rounds) == 1 and len(tabs.bwd_rounds) == 2 and not tabs.zero_dkv
+    later = tabs.kdesc[:, 4] == 1
+    rows, add = tabs.kpos[later].long(), tabs.kadd[later].bool()
+    assert later.any() and bool((rows[add] % 32 >= 24).all()) and int(add.sum()) == 8 * int(later.sum())
+    first_rows = tabs.kpos[~later].long()
+    assert first_rows[first_rows >= 0].unique().numel() < 128  # rows first written in round 1 are stored
 
 
 def test_policy_defaults_and_tables_per_policy():

@@ -22,12 +22,12 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+sys.path.append(str(Path(__file__).resolve().parents[2] / "src"))  # PYTHONPATH first (a before/after tree)
 
-import torch  # noqa: E402
+import torch
 
-from sparse_transformer import kernels  # noqa: E402
-from sparse_transformer.config import get_preset  # noqa: E402
+from sparse_transformer import kernels
+from sparse_transformer.config import get_preset
 
 
 def layer_call(preset: str, pattern: str, batch: int | None):

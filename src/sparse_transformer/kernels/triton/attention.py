@@ -60,26 +60,11 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
     blk = tabs.block
     o = heads_inner((bsz, h, n, d_v), q)
     lse = torch.empty(bsz, h, n, device=q.device, dtype=torch.float32)
-    rows = max(tabs.n_qslots, 1) * blk
-    if tabs.n_qslots:
-        o_slots = torch.empty(bsz, h, rows, d_v, device=q.device, dtype=torch.float32)
-        lse_slots = torch.empty(bsz, h, rows, device=q.device, dtype=torch.float32)
-    else:
-        o_slots, lse_slots = o, lse  # never written (no slot tiles)
     warps, stages, maxnreg = policy.launch_config("fwd", blk, max(d_qk, d_v), tabs.long_walk)
-    kern.fwd_kernel(
-        (tabs.fwd_items.shape[0], bsz),
-        (q, k, v, o, lse, o_slots, lse_slots, *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), h, n,
-         rows, scale * LOG2E),
-        (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v)),  # BLOCK D DV BD BDV
-        warps, stages, maxnreg, tabs.fwd_static, policy.direct_launch,
-    )
-    for items in tabs.q_round_items:
-        kern.merge_kernel(
-            (items.shape[0], bsz), (o, lse, o_slots, lse_slots, *_strides3(o), h, n, rows, tabs.qdesc, tabs.qpos,
-                                    items),
-            (blk, d_v, _pow2(d_v)), 4, 3, None, (), policy.direct_launch,  # BLOCK DV BDV
-        )
+    args = (q, k, v, o, lse, *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), h, n, scale * LOG2E)
+    consts = (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v))  # BLOCK D DV BD BDV
+    for items, static in zip(tabs.fwd_rounds, tabs.fwd_static):
+        kern.fwd_kernel((items.shape[0], bsz), args, consts, warps, stages, maxnreg, static, policy.direct_launch)
     return o, lse
 
 
@@ -103,39 +88,17 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None)
     if grads is None:  # in the inputs' layout (views of a fused projection: contiguous)
         grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
     dq, dk, dv = grads
-    if tabs.zero_dkv:  # some key position has no owner tile
+    if tabs.zero_dkv:  # some key position is in no key tile
         dk.zero_()
         dv.zero_()
-    qrows = max(tabs.n_qslots, 1) * blk
-    krows = max(tabs.n_kslots, 1) * blk
-    dq_slots = torch.empty(bsz, h, qrows, d_qk, device=q.device, dtype=torch.float32) if tabs.n_qslots else dq
-    if tabs.n_kslots:
-        dk_slots = torch.empty(bsz, h, krows, d_qk, device=q.device, dtype=torch.float32)
-        dv_slots = torch.empty(bsz, h, krows, d_v, device=q.device, dtype=torch.float32)
-    else:
-        dk_slots, dv_slots = dk, dv
     qsub, ksub = policy.steps(blk, tabs.long_walk)
     warps, stages, maxnreg = policy.launch_config("bwd", blk, max(d_qk, d_v), tabs.long_walk)
-    kern.bwd_kernel(
-        (tabs.bwd_items.shape[0], bsz),
-        (q, k, v, do, o, dq, dk, dv, lse, delta, dq_slots, dk_slots, dv_slots,
-         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(o),
-         *_strides3(dq), *_strides3(dk), *_strides3(dv), h, n, qrows, krows, scale, scale * LOG2E),
-        (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v), inline_delta, qsub, ksub),  # ... INLINE_DELTA QSUB KSUB
-        warps, stages, maxnreg, tabs.bwd_static, direct,
-    )
-    for items in tabs.q_round_items:  # BLOCK, D, BD, DV, BDV, TWO
-        kern.add_slots_kernel(
-            (items.shape[0], bsz), (dq, dq_slots, dq, dq_slots, *_strides3(dq), *_strides3(dq), h, n, qrows,
-                                    tabs.qdesc, tabs.qpos, items),
-            (blk, d_qk, _pow2(d_qk), d_qk, _pow2(d_qk), False), 4, 3, None, (), direct,
-        )
-    for items in tabs.k_round_items:
-        kern.add_slots_kernel(
-            (items.shape[0], bsz), (dk, dk_slots, dv, dv_slots, *_strides3(dk), *_strides3(dv), h, n, krows,
-                                    tabs.kdesc, tabs.kpos, items),
-            (blk, d_qk, _pow2(d_qk), d_v, _pow2(d_v), True), 4, 3, None, (), direct,
-        )
+    args = (q, k, v, do, o, dq, dk, dv, lse, delta,
+            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(o),
+            *_strides3(dq), *_strides3(dk), *_strides3(dv), h, n, scale, scale * LOG2E)
+    consts = (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v), inline_delta, qsub, ksub)  # ... INLINE_DELTA QSUB KSUB
+    for items, static in zip(tabs.bwd_rounds, tabs.bwd_static):
+        kern.bwd_kernel((items.shape[0], bsz), args, consts, warps, stages, maxnreg, static, direct)
     return dq, dk, dv
 
 

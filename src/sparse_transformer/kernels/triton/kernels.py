@@ -5,9 +5,10 @@ query tile over its key tiles, the dK/dV programs' walk of a key tile over the q
 it) is one inner-loop helper, called once per visit kind (``VISIT_KINDS`` of :mod:`.tables`:
 contiguous fast, fast, causal, mask tile, gathered) with the kind as a compile-time parameter, so
 each kind compiles to a loop of its own (no mask, no gather, no row checks where the kind needs
-none). Kernels: ``fwd_kernel``, ``merge_kernel`` (log-sum-exp merge of segment slots),
-``delta_kernel`` (rowsum(dO * O) for long walks; short walks compute it inside the backward),
-``bwd_kernel`` (dK/dV and dQ programs in one launch) and ``add_slots_kernel`` (slot reduction).
+none). Kernels: ``fwd_kernel``, ``delta_kernel`` (rowsum(dO * O) for long walks; short walks
+compute it inside the backward) and ``bwd_kernel`` (dK/dV and dQ programs in one launch), the
+forward and backward launched once per round of tiles (:mod:`.tables`): later rounds fold their
+result into the rows the earlier ones wrote.
 Scores live in the log2 domain (``qk_scale = scale * log2(e)``, exp2); the saved log-sum-exp is
 log2-based too. Table layouts: :mod:`.tables`.
 """
@@ -166,17 +167,15 @@ def _kind_range(ptr, split, t, KIND: tl.constexpr, NSUB: tl.constexpr):
 
 
 @triton.jit
-def _store_rows(x_base, stride_xn, xs_base, x, rows, slot, offs, offs_d, D: tl.constexpr, BLOCK: tl.constexpr):
-    """A tile's result rows: to its positions (row stride ``stride_xn`` from ``x_base``, the
-    (batch, head) start of the output; ``slot`` < 0: the tile owns them) or, as float32, to slot
-    ``slot`` of the contiguous slot rows at ``xs_base``; padding rows (-1) are skipped."""
+def _store_rows(x_base, stride_xn, x, rows, rnd, add, offs_d, D: tl.constexpr):
+    """A tile's float32 result rows to their positions (row stride ``stride_xn`` from ``x_base``, the
+    (batch, head) start of the output), padding rows (-1) skipped. In rounds after the first
+    (``rnd`` > 0), rows whose ``add`` flag is set hold an earlier round's partial sum: added to."""
     mask = (rows >= 0)[:, None] & (offs_d < D)[None, :]
-    if slot < 0:
-        r = rows.to(tl.int64)
-        tl.store(x_base + r[:, None] * stride_xn + offs_d[None, :], x.to(x_base.dtype.element_ty), mask=mask)
-    else:
-        r = (slot * BLOCK + offs).to(tl.int64)
-        tl.store(xs_base + r[:, None] * D + offs_d[None, :], x, mask=mask)
+    ptrs = x_base + rows.to(tl.int64)[:, None] * stride_xn + offs_d[None, :]
+    if rnd > 0:
+        x += tl.load(ptrs, mask=mask & (add != 0)[:, None], other=0.0).to(tl.float32)
+    tl.store(ptrs, x.to(x_base.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,13 +218,14 @@ def _fwd_walk(m_i, l_i, acc, q, qi, k_base, v_base, stride_kn, stride_vn, fvis, 
 
 @triton.jit
 def fwd_kernel(
-    Q, K, V, O, LSE, OS, LSES,
+    Q, K, V, O, LSE,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_on, H, N, SROWS, qk_scale,
-    qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items,
+    stride_ob, stride_oh, stride_on, H, N, qk_scale,
+    qdesc, qpos, qadd, kpos, fvis, fptr, fsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
 ):
-    """A query tile's output and log2-sum-exp: online softmax over its visit list, kind by kind."""
+    """A query tile's output and log2-sum-exp: online softmax over its visit list, kind by kind. In
+    rounds after the first, merged (log-sum-exp weights) with what earlier rounds wrote for its rows."""
     b, h, t, bh = _work_item(items, H, 2)
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BD)
@@ -245,43 +245,24 @@ def fwd_kernel(
     l_safe = tl.where(l_ok, l_i, 1.0)
     o = acc / l_safe[:, None]
     lse = tl.where(l_ok, m_i + tl.math.log2(l_safe), float("-inf"))
-    slot = tl.load(qdesc + t * 5 + 4)
-    _store_rows(O + b * stride_ob + h * stride_oh, stride_on, OS + bh * SROWS * DV, o, qi, slot, offs, offs_dv, DV,
-                BLOCK)
-    if slot < 0:
-        tl.store(LSE + bh * N + qi.to(tl.int64), lse, mask=qi >= 0)
-    else:
-        tl.store(LSES + bh * SROWS + (slot * BLOCK + offs).to(tl.int64), lse, mask=qi >= 0)
-
-
-@triton.jit
-def merge_kernel(
-    O, LSE, OS, LSES, stride_ob, stride_oh, stride_on, H, N, SROWS, qdesc, qpos, items,
-    BLOCK: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-):
-    """Fold one slot segment into (O, LSE): log-sum-exp weighted sum of the two partial outputs."""
-    b, h, t, bh = _work_item(items, H, 2)
-    offs = tl.arange(0, BLOCK)
-    offs_dv = tl.arange(0, BDV)
-    qi = _tile_rows(qdesc, qpos, t, BLOCK)
     valid = qi >= 0
-    rows = qi.to(tl.int64)
-    srow = (tl.load(qdesc + t * 5 + 4) * BLOCK + offs).to(tl.int64)
-    mask2 = valid[:, None] & (offs_dv < DV)[None, :]
-    l0 = tl.load(LSE + bh * N + rows, mask=valid, other=float("-inf"))
-    l1 = tl.load(LSES + bh * SROWS + srow, mask=valid, other=float("-inf"))
-    m = tl.maximum(l0, l1)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    w0 = tl.math.exp2(l0 - m)
-    w1 = tl.math.exp2(l1 - m)
-    tot = w0 + w1
-    optr = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + offs_dv[None, :]
-    o0 = tl.load(optr, mask=mask2, other=0.0).to(tl.float32)
-    o1 = tl.load(OS + bh * SROWS * DV + srow[:, None] * DV + offs_dv[None, :], mask=mask2, other=0.0)
-    tot_safe = tl.where(tot > 0, tot, 1.0)
-    o = (o0 * w0[:, None] + o1 * w1[:, None]) / tot_safe[:, None]
-    tl.store(optr, o.to(O.dtype.element_ty), mask=mask2)
-    tl.store(LSE + bh * N + rows, tl.where(tot > 0, m + tl.math.log2(tot_safe), float("-inf")), mask=valid)
+    lse_ptrs = LSE + bh * N + qi.to(tl.int64)
+    rnd = tl.load(qdesc + t * 5 + 4)
+    if rnd > 0:  # fold in the earlier rounds' (output, log-sum-exp) of these rows
+        add = (tl.load(qadd + t * BLOCK + offs) != 0) & valid
+        l0 = tl.load(lse_ptrs, mask=add, other=float("-inf"))
+        o0 = tl.load(O + b * stride_ob + h * stride_oh + qi.to(tl.int64)[:, None] * stride_on + offs_dv[None, :],
+                     mask=add[:, None] & (offs_dv < DV)[None, :], other=0.0).to(tl.float32)
+        m = tl.maximum(l0, lse)
+        m = tl.where(m == float("-inf"), 0.0, m)
+        w0 = tl.math.exp2(l0 - m)
+        w1 = tl.math.exp2(lse - m)
+        tot = w0 + w1
+        tot_safe = tl.where(tot > 0, tot, 1.0)
+        o = (o0 * w0[:, None] + o * w1[:, None]) / tot_safe[:, None]
+        lse = tl.where(tot > 0, m + tl.math.log2(tot_safe), float("-inf"))
+    _store_rows(O + b * stride_ob + h * stride_oh, stride_on, o, qi, 0, 0, offs_dv, DV)
+    tl.store(lse_ptrs, lse, mask=valid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,9 +356,9 @@ def _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fv
 
 
 @triton.jit
-def _dkdv_program(k_base, v_base, dk_base, dv_base, DKS, DVS, q_base, do_base, o_base, lse_base, delta_base,
+def _dkdv_program(k_base, v_base, dk_base, dv_base, q_base, do_base, o_base, lse_base, delta_base,
                   stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dkn, stride_dvn,
-                  bh, KROWS, tile, qpos, kdesc, kpos, bvis, bptr, bsplit, masks, scale, qk_scale,
+                  tile, qpos, kdesc, kpos, kadd, bvis, bptr, bsplit, masks, scale, qk_scale,
                   BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                   INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr):
     """dK, dV of key tile ``tile``: walk the query tiles that see it (its transposed visit list),
@@ -394,16 +375,16 @@ def _dkdv_program(k_base, v_base, dk_base, dv_base, DKS, DVS, q_base, do_base, o
         dk, dv = _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, stride_qn, stride_don,
                             stride_on, bvis, qpos, masks, lo, hi, qk_scale, offs_d, offs_dv,
                             BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB, kind)
-    slot = tl.load(kdesc + tile * 5 + 4)
-    offs = tl.arange(0, BLOCK)
-    _store_rows(dk_base, stride_dkn, DKS + bh * KROWS * D, dk * scale, kj, slot, offs, offs_d, D, BLOCK)
-    _store_rows(dv_base, stride_dvn, DVS + bh * KROWS * DV, dv, kj, slot, offs, offs_dv, DV, BLOCK)
+    rnd = tl.load(kdesc + tile * 5 + 4)
+    add = tl.load(kadd + tile * BLOCK + tl.arange(0, BLOCK))
+    _store_rows(dk_base, stride_dkn, dk * scale, kj, rnd, add, offs_d, D)
+    _store_rows(dv_base, stride_dvn, dv, kj, rnd, add, offs_dv, DV)
 
 
 @triton.jit
-def _dq_program(k_base, v_base, dq_base, DQS, q_base, do_base, o_base, lse_base, delta_base,
+def _dq_program(k_base, v_base, dq_base, q_base, do_base, o_base, lse_base, delta_base,
                 stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dqn,
-                bh, QROWS, tile, qdesc, qpos, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
+                tile, qdesc, qpos, qadd, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
                 BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                 INLINE_DELTA: tl.constexpr, KSUB: tl.constexpr):
     """dQ of query tile ``tile``: walk its visit list again, kind by kind, each visited key tile in
@@ -418,24 +399,25 @@ def _dq_program(k_base, v_base, dq_base, DQS, q_base, do_base, o_base, lse_base,
         lo, hi = _kind_range(fptr, fsplit, tile, kind, BLOCK // KSUB)
         dq = _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks,
                       lo, hi, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, KSUB, kind)
-    _store_rows(dq_base, stride_dqn, DQS + bh * QROWS * D, dq * scale, qi, tl.load(qdesc + tile * 5 + 4),
-                tl.arange(0, BLOCK), offs_d, D, BLOCK)
+    _store_rows(dq_base, stride_dqn, dq * scale, qi, tl.load(qdesc + tile * 5 + 4),
+                tl.load(qadd + tile * BLOCK + tl.arange(0, BLOCK)), offs_d, D)
 
 
 @triton.jit
 def bwd_kernel(
-    Q, K, V, DO, O, DQ, DK, DV_, LSE, DELTA, DQS, DKS, DVS,
+    Q, K, V, DO, O, DQ, DK, DV_, LSE, DELTA,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_dob, stride_doh, stride_don, stride_ob, stride_oh, stride_on,
     stride_dqb, stride_dqh, stride_dqn, stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-    H, N, QROWS, KROWS, scale, qk_scale,
-    qdesc, qpos, kdesc, kpos, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
+    H, N, scale, qk_scale,
+    qdesc, qpos, qadd, kdesc, kpos, kadd, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KSUB: tl.constexpr,
 ):
     """One launch: item kind 0 computes a key tile's dK, dV (walking the query tiles that see it, in
-    steps of QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows). Every tensor
-    but the slots and LSE/DELTA is read or written through its (batch, head, row) strides; with
+    steps of QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows); tiles of
+    rounds after the first add to the earlier rounds' sums. Every tensor but LSE/DELTA is read or
+    written through its (batch, head, row) strides; with
     INLINE_DELTA, DELTA is not read (no pre-pass ran). DV_ points to dV (DV is its head dim)."""
     b, h, tile, bh = _work_item(items, H, 3)
     q_base = Q + b * stride_qb + h * stride_qh
@@ -447,42 +429,12 @@ def bwd_kernel(
     delta_base = DELTA + bh * N
     if tl.load(items + 3 * tl.program_id(0) + 2) == 0:
         _dkdv_program(k_base, v_base, DK + b * stride_dkb + h * stride_dkh, DV_ + b * stride_dvb + h * stride_dvh,
-                      DKS, DVS, q_base, do_base, o_base, lse_base, delta_base,
+                      q_base, do_base, o_base, lse_base, delta_base,
                       stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dkn, stride_dvn,
-                      bh, KROWS, tile, qpos, kdesc, kpos, bvis, bptr, bsplit, masks, scale, qk_scale,
+                      tile, qpos, kdesc, kpos, kadd, bvis, bptr, bsplit, masks, scale, qk_scale,
                       BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB)
     else:
-        _dq_program(k_base, v_base, DQ + b * stride_dqb + h * stride_dqh, DQS, q_base, do_base, o_base, lse_base,
+        _dq_program(k_base, v_base, DQ + b * stride_dqb + h * stride_dqh, q_base, do_base, o_base, lse_base,
                     delta_base, stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dqn,
-                    bh, QROWS, tile, qdesc, qpos, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
+                    tile, qdesc, qpos, qadd, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
                     BLOCK, D, DV, BD, BDV, INLINE_DELTA, KSUB)
-
-
-@triton.jit
-def _add_slot_rows(x_base, stride_xn, xs_base, rows, srow, valid, D: tl.constexpr, BD: tl.constexpr):
-    """x[rows] += xs[srow] for one tile (float32 sum, stored in x's dtype)."""
-    offs_d = tl.arange(0, BD)
-    m = valid[:, None] & (offs_d < D)[None, :]
-    xp = x_base + rows[:, None] * stride_xn + offs_d[None, :]
-    x = tl.load(xp, mask=m, other=0.0).to(tl.float32)
-    x += tl.load(xs_base + srow[:, None] * D + offs_d[None, :], mask=m, other=0.0)
-    tl.store(xp, x.to(x_base.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def add_slots_kernel(
-    X, XS, Y, YS, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh, stride_yn, H, N, SROWS, desc, pos, items,
-    BLOCK: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr,
-    TWO: tl.constexpr,
-):
-    """X[rows] += XS[slot rows] (and Y, YS with TWO) for one round of slot tiles; X and Y through
-    their (batch, head, row) strides, the slots contiguous."""
-    b, h, t, bh = _work_item(items, H, 2)
-    rows_pos = _tile_rows(desc, pos, t, BLOCK)
-    valid = rows_pos >= 0
-    rows = rows_pos.to(tl.int64)
-    srow = (tl.load(desc + t * 5 + 4) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-    _add_slot_rows(X + b * stride_xb + h * stride_xh, stride_xn, XS + bh * SROWS * D, rows, srow, valid, D, BD)
-    if TWO:
-        _add_slot_rows(Y + b * stride_yb + h * stride_yh, stride_yn, YS + bh * SROWS * DV, rows, srow, valid, DV,
-                       BDV)

@@ -219,7 +219,7 @@ class _Kernels:
 
     def __init__(self, module):
         self.module = module
-        for name in ("fwd_kernel", "merge_kernel", "delta_kernel", "bwd_kernel", "add_slots_kernel"):
+        for name in ("fwd_kernel", "delta_kernel", "bwd_kernel"):
             setattr(self, name, Launcher(getattr(module, name)))
 
     def stats(self) -> dict:

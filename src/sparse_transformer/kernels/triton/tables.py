@@ -120,10 +120,12 @@ class _MaskBank:
 class _PlanTables:
     """One plan's tables on the CPU (int64), local ids; concatenated by :func:`_combine`."""
 
-    qdesc: torch.Tensor  # (TQ, 5): start, shift, step_in, step_out, slot (-1: owner)
+    qdesc: torch.Tensor  # (TQ, 5): start, shift, step_in, step_out, round
     qpos: torch.Tensor  # (TQ, B)
+    qadd: torch.Tensor  # (TQ, B) bool: the row holds an earlier round's result (accumulate)
     kdesc: torch.Tensor  # (TK, 5)
     kpos: torch.Tensor  # (TK, B)
+    kadd: torch.Tensor  # (TK, B)
     fvis: torch.Tensor  # (V, 2): key tile, mask code; by query tile, then kind (see _plan_tables)
     fptr: torch.Tensor  # (TQ + 1,)
     fsplit: torch.Tensor  # (TQ, 4): visits before the other fast ones, the causal, mask-tile, gathered ones
@@ -131,52 +133,43 @@ class _PlanTables:
     bptr: torch.Tensor  # (TK + 1,)
     bsplit: torch.Tensor  # (TK, 4)
     masks: torch.Tensor  # (M, B, B) bool: the distinct element masks (mask codes >= 0 index them)
-    q_rounds: list  # lists of query-tile ids whose slots merge in one pass
-    k_rounds: list
-    n_qslots: int
-    n_kslots: int
-    zero_dkv: bool  # some key position has no owner tile: dK/dV start from zeros
+    zero_dkv: bool  # some key position is in no key tile: dK/dV start from zeros
+
+
+def _rounds(tiles: torch.Tensor, first: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(round of each tile, (T, B) bool: the row was written in an earlier round). Tiles are taken
+    in the order ``first`` (e.g. longest walk first), each into the first round that holds none of
+    its rows, so the tiles of one round (one launch) write disjoint rows."""
+    rnd = torch.zeros(tiles.shape[0], dtype=torch.int64)
+    used: list[torch.Tensor] = []
+    for i in first.tolist():
+        rows = tiles[i][tiles[i] >= 0]
+        r = next((r for r, u in enumerate(used) if not bool(u[rows].any())), len(used))
+        if r == len(used):
+            used.append(torch.zeros(n, dtype=torch.bool))
+        used[r][rows] = True
+        rnd[i] = r
+    written = torch.zeros(n + 1, dtype=torch.bool)  # index n: padding rows (-1)
+    idx = torch.where(tiles >= 0, tiles, n)
+    add = torch.zeros(tiles.shape, dtype=torch.bool)
+    for r in range(len(used)):
+        sel = rnd == r
+        add[sel] = written[idx[sel]]
+        written[:n] |= used[r]
+    return rnd, add & (tiles >= 0)
 
 
 def _plan_tables(plan: BlockPlan) -> _PlanTables:
     n = plan.n
     qdesc, qpos, kdesc, kpos, vis_t, vis_k, vis_m = [], [], [], [], [], [], []
     bank = _MaskBank()
-    q_rounds, k_rounds, k_round_sets = [], [], []
     q_off = k_off = 0
-    n_qslots = n_kslots = 0
-    owned = torch.zeros(n, dtype=torch.bool)
-    for level, seg in enumerate(plan.segments):
+    for seg in plan.segments:
         seg = seg.to("cpu")
         tq, tk = seg.q_tiles.shape[0], seg.k_tiles.shape[0]
-        # Queries: the first segment owns every position (each segment tiles all queries once).
-        qd = torch.cat([_descriptors(seg.q_tiles), torch.full((tq, 1), -1, dtype=torch.int64)], 1)
-        if level > 0:
-            qd[:, 4] = torch.arange(n_qslots, n_qslots + tq)
-            n_qslots += tq
-            q_rounds.append(list(range(q_off, q_off + tq)))
-        # Keys: a tile owns its rows when none of them is owned yet; otherwise it writes a slot.
-        kd = torch.cat([_descriptors(seg.k_tiles), torch.full((tk, 1), -1, dtype=torch.int64)], 1)
-        for i in range(tk):
-            rows = seg.k_tiles[i]
-            rows = rows[rows >= 0]
-            if not bool(owned[rows].any()):
-                owned[rows] = True
-                continue
-            kd[i, 4] = n_kslots
-            n_kslots += 1
-            for rnd, used in zip(k_rounds, k_round_sets):
-                if not bool(used[rows].any()):
-                    break
-            else:
-                rnd, used = [], torch.zeros(n, dtype=torch.bool)
-                k_rounds.append(rnd)
-                k_round_sets.append(used)
-            rnd.append(k_off + i)
-            used[rows] = True
-        qdesc.append(qd)
+        qdesc.append(_descriptors(seg.q_tiles))
         qpos.append(seg.q_tiles)
-        kdesc.append(kd)
+        kdesc.append(_descriptors(seg.k_tiles))
         kpos.append(seg.k_tiles)
         # Visits with their mask codes.
         sel = seg.layout >= 0
@@ -194,7 +187,19 @@ def _plan_tables(plan: BlockPlan) -> _PlanTables:
         q_off += tq
         k_off += tk
     vt, vk, vm = torch.cat(vis_t), torch.cat(vis_k), torch.cat(vis_m)
+    qp_all, kp_all = torch.cat(qpos), torch.cat(kpos)
     qd_all, kd_all = torch.cat(qdesc), torch.cat(kdesc)
+    # Rounds: segments share positions (each tiles every query; key tiles of different segments,
+    # or the fixed pattern's gathered summary tiles and the natural ones, hold the same rows). A
+    # round's tiles write disjoint rows in one launch; later rounds fold their result into what the
+    # earlier ones wrote (forward: log-sum-exp merge; backward: addition). Query tiles go in segment
+    # order; key tiles longest walk first, so the long walks share the first launch.
+    q_round, qadd = _rounds(qp_all, torch.arange(q_off), n)
+    k_round, kadd = _rounds(kp_all, torch.argsort(-torch.bincount(vk, minlength=k_off), stable=True), n)
+    qd_all = torch.cat([qd_all, q_round[:, None]], 1)
+    kd_all = torch.cat([kd_all, k_round[:, None]], 1)
+    covered = torch.zeros(n + 1, dtype=torch.bool)
+    covered[torch.where(kp_all >= 0, kp_all, n)] = True
     # Five kinds of visit, in this order in each list: fast (no mask, both tiles' rows a
     # progression: the key loads depend on one level of table loads only, which Triton's pipeliner
     # overlaps), first those whose visited tile is contiguous and 16-aligned (vector loads), then the
@@ -221,9 +226,8 @@ def _plan_tables(plan: BlockPlan) -> _PlanTables:
     fvis, fptr, fsplit = csr(vt, vk, q_off, f_kind)
     bvis, bptr, bsplit = csr(vk, vt, k_off, b_kind)
     return _PlanTables(
-        qd_all, torch.cat(qpos), kd_all, torch.cat(kpos), fvis, fptr, fsplit,
-        bvis, bptr, bsplit, bank.stacked(plan.block), q_rounds, k_rounds, n_qslots, n_kslots,
-        not bool(owned.all()),
+        qd_all, qp_all, qadd, kd_all, kp_all, kadd, fvis, fptr, fsplit, bvis, bptr, bsplit,
+        bank.stacked(plan.block), not bool(covered[:n].all()),
     )
 
 
@@ -247,13 +251,11 @@ class KernelTables:
     bsplit: torch.Tensor
     masks: torch.Tensor  # (M, 2, B, W) int64: element masks as bit words (column c: bit c % 64 of
     # word c // 64); [m, 0] rows = queries, [m, 1] transposed (rows = keys)
-    fwd_items: torch.Tensor  # (I, 2) int32: head, query tile
-    bwd_items: torch.Tensor  # (J, 3) int32: head, tile, kind (0: dK/dV of a key tile, 1: dQ)
-    q_round_items: tuple  # per round: (I, 2) int32 (head, query tile) of slot tiles
-    k_round_items: tuple
-    n_qslots: int
-    n_kslots: int
-    zero_dkv: bool  # some key position has no owner tile: dK/dV start from zeros
+    qadd: torch.Tensor  # (TQ, B) int8: row holds an earlier round's result (fold into it)
+    kadd: torch.Tensor  # (TK, B) int8
+    fwd_rounds: tuple  # per round (launch): (I, 2) int32 work items (head, query tile)
+    bwd_rounds: tuple  # per round: (J, 3) int32 (head, tile, kind: 0 dK/dV of a key tile, 1 dQ)
+    zero_dkv: bool  # some key position is in no key tile: dK/dV start from zeros
     long_walk: bool  # mean visits per query tile >= policy.long_walk
     policy: LaunchPolicy
     plans: tuple = ()  # the per-head plans (their patterns give the forward's own tables)
@@ -271,13 +273,15 @@ class KernelTables:
 
     @functools.cached_property
     def fwd_static(self) -> tuple:
-        """The forward kernel's table arguments (one tuple object: launchers key it once)."""
-        return (self.qdesc, self.qpos, self.kpos, self.fvis, self.fptr, self.fsplit, self.masks, self.fwd_items)
+        """Per round, the forward kernel's table arguments (one tuple object each: launchers key
+        it once)."""
+        return tuple((self.qdesc, self.qpos, self.qadd, self.kpos, self.fvis, self.fptr, self.fsplit, self.masks,
+                      items) for items in self.fwd_rounds)
 
     @functools.cached_property
     def bwd_static(self) -> tuple:
-        return (self.qdesc, self.qpos, self.kdesc, self.kpos, self.fvis, self.fptr, self.fsplit,
-                self.bvis, self.bptr, self.bsplit, self.masks, self.bwd_items)
+        return tuple((self.qdesc, self.qpos, self.qadd, self.kdesc, self.kpos, self.kadd, self.fvis, self.fptr,
+                      self.fsplit, self.bvis, self.bptr, self.bsplit, self.masks, items) for items in self.bwd_rounds)
 
 
 def _combine(plans: list[BlockPlan], device, policy: LaunchPolicy) -> KernelTables:
@@ -286,21 +290,19 @@ def _combine(plans: list[BlockPlan], device, policy: LaunchPolicy) -> KernelTabl
         if not any(p is d for d in distinct):
             distinct.append(p)
     parts = [_plan_tables_cached(p) for p in distinct]
-    q_off = k_off = m_off = qs_off = ks_off = 0
-    acc: dict[str, list] = {k: [] for k in ("qdesc", "qpos", "kdesc", "kpos", "fvis", "bvis", "fptr",
-                                             "bptr", "fsplit", "bsplit", "masks")}
+    q_off = k_off = m_off = 0
+    acc: dict[str, list] = {k: [] for k in ("qdesc", "qpos", "qadd", "kdesc", "kpos", "kadd", "fvis", "bvis",
+                                             "fptr", "bptr", "fsplit", "bsplit", "masks")}
     offsets = []
     v_f = v_b = 0
     for pt in parts:
-        qd, kd = pt.qdesc.clone(), pt.kdesc.clone()
-        qd[:, 4] = torch.where(qd[:, 4] >= 0, qd[:, 4] + qs_off, -1)
-        kd[:, 4] = torch.where(kd[:, 4] >= 0, kd[:, 4] + ks_off, -1)
         fv, bv = pt.fvis.clone(), pt.bvis.clone()
         fv[:, 0] += k_off
         bv[:, 0] += q_off
         fv[:, 1] = torch.where(fv[:, 1] >= 0, fv[:, 1] + m_off, fv[:, 1])
         bv[:, 1] = torch.where(bv[:, 1] >= 0, bv[:, 1] + m_off, bv[:, 1])
-        for name, x in (("qdesc", qd), ("kdesc", kd), ("qpos", pt.qpos), ("kpos", pt.kpos), ("fvis", fv),
+        for name, x in (("qdesc", pt.qdesc), ("kdesc", pt.kdesc), ("qpos", pt.qpos), ("kpos", pt.kpos),
+                        ("qadd", pt.qadd), ("kadd", pt.kadd), ("fvis", fv),
                         ("bvis", bv), ("fptr", pt.fptr[:-1] + v_f), ("bptr", pt.bptr[:-1] + v_b),
                         ("fsplit", pt.fsplit), ("bsplit", pt.bsplit), ("masks", pt.masks)):
             acc[name].append(x)
@@ -308,8 +310,6 @@ def _combine(plans: list[BlockPlan], device, policy: LaunchPolicy) -> KernelTabl
         q_off += pt.qdesc.shape[0]
         k_off += pt.kdesc.shape[0]
         m_off += pt.masks.shape[0]
-        qs_off += pt.n_qslots
-        ks_off += pt.n_kslots
         v_f += pt.fvis.shape[0]
         v_b += pt.bvis.shape[0]
     cat = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.int64) for k, v in acc.items()}
@@ -321,8 +321,8 @@ def _combine(plans: list[BlockPlan], device, policy: LaunchPolicy) -> KernelTabl
     blk = distinct[0].block
     masks = cat["masks"] if m_off else torch.zeros(1, blk, blk, dtype=torch.bool)
     masks = _bit_words(torch.stack([masks, masks.transpose(1, 2)], 1))
-    # Work lists: (head, tile, walk length) per program.
-    fwd, bwd, qr, kr = [], [], {}, {}
+    # Work lists: (head, tile, [kind,] walk length, round) per program, one list per round.
+    fwd, bwd = [], []
     fwork = fptr[1:] - fptr[:-1]
     bwork = bptr[1:] - bptr[:-1]
     for h, p in enumerate(plans):
@@ -330,28 +330,31 @@ def _combine(plans: list[BlockPlan], device, policy: LaunchPolicy) -> KernelTabl
         tq, tk = pt.qdesc.shape[0], pt.kdesc.shape[0]
         tiles_q = torch.arange(q0, q0 + tq)
         tiles_k = torch.arange(k0, k0 + tk)
-        fwd.append(torch.stack([torch.full_like(tiles_q, h), tiles_q, fwork[tiles_q]], 1))
-        bwd.append(torch.stack([torch.full_like(tiles_k, h), tiles_k, torch.zeros_like(tiles_k),
-                                bwork[tiles_k] * 4], 1))
-        bwd.append(torch.stack([torch.full_like(tiles_q, h), tiles_q, torch.ones_like(tiles_q),
-                                fwork[tiles_q] * 3], 1))
-        for i, rnd in enumerate(pt.q_rounds):
-            qr.setdefault(i, []).extend((h, q0 + t) for t in rnd)
-        for i, rnd in enumerate(pt.k_rounds):
-            kr.setdefault(i, []).extend((h, k0 + t) for t in rnd)
+        head_q, head_k = torch.full_like(tiles_q, h), torch.full_like(tiles_k, h)
+        fwd.append(torch.stack([head_q, tiles_q, fwork[tiles_q], qdesc[tiles_q, 4]], 1))
+        bwd.append(torch.stack([head_k, tiles_k, torch.zeros_like(tiles_k), bwork[tiles_k] * 4, kdesc[tiles_k, 4]], 1))
+        bwd.append(torch.stack([head_q, tiles_q, torch.ones_like(tiles_q), fwork[tiles_q] * 3, qdesc[tiles_q, 4]], 1))
     fwd_items = torch.cat(fwd)
     bwd_items = torch.cat(bwd)
     long_walk = bool(fwd_items.shape[0]) and float(fwd_items[:, 2].float().mean()) >= policy.long_walk
-    if long_walk:  # longest walks first: they would finish last otherwise
-        fwd_items = fwd_items[torch.argsort(-fwd_items[:, 2], stable=True)]
-        bwd_items = bwd_items[torch.argsort(-bwd_items[:, 3], stable=True)]
-    else:  # position order: by head and tile, a tile's dK/dV and dQ programs next to each other
-        kinds = bwd_items[:, 2]
+
+    def order(items: torch.Tensor, width: int) -> torch.Tensor:
+        """One round's items in launch order (column ``width``: the walk length)."""
+        if long_walk:  # longest walks first: they would finish last otherwise
+            return items[torch.argsort(-items[:, width], stable=True)]
+        if width == 2:  # forward: position order as listed
+            return items
+        # Position order: by head and tile, a tile's dK/dV and dQ programs next to each other.
+        kinds = items[:, 2]
         rank = torch.empty_like(kinds)  # place among the items of its kind
         for c in (0, 1):
             rank[kinds == c] = torch.arange(int((kinds == c).sum()))
-        bwd_items = bwd_items[torch.argsort(rank * 2 + kinds, stable=True)]
-    fwd_items, bwd_items = fwd_items[:, :2], bwd_items[:, :3]
+        return items[torch.argsort(rank * 2 + kinds, stable=True)]
+
+    def rounds(items: torch.Tensor, width: int) -> tuple:
+        """Per round, its items' first ``width`` columns, as the kernels read them."""
+        return tuple(dev(order(items[items[:, -1] == r], width)[:, :width])
+                     for r in range(int(items[:, -1].max()) + 1 if items.shape[0] else 0))
 
     def dev(x):
         return x.to(torch.int32).contiguous().to(device)
@@ -362,11 +365,9 @@ def _combine(plans: list[BlockPlan], device, policy: LaunchPolicy) -> KernelTabl
         fvis=dev(fvis), fptr=dev(fptr), fsplit=dev(cat["fsplit"]),
         bvis=dev(bvis), bptr=dev(bptr), bsplit=dev(cat["bsplit"]),
         masks=masks.contiguous().to(device),
-        fwd_items=dev(fwd_items), bwd_items=dev(bwd_items),
-        q_round_items=tuple(dev(torch.tensor(qr[i])) for i in sorted(qr)),
-        k_round_items=tuple(dev(torch.tensor(kr[i])) for i in sorted(kr)),
-        n_qslots=qs_off, n_kslots=ks_off, zero_dkv=any(pt.zero_dkv for pt in parts),
-        long_walk=long_walk, policy=policy, plans=tuple(plans),
+        qadd=cat["qadd"].to(torch.int8).contiguous().to(device), kadd=cat["kadd"].to(torch.int8).contiguous().to(device),
+        fwd_rounds=rounds(fwd_items, 2), bwd_rounds=rounds(bwd_items, 3),
+        zero_dkv=any(pt.zero_dkv for pt in parts), long_walk=long_walk, policy=policy, plans=tuple(plans),
     )
 
 
