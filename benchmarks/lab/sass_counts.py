@@ -5,7 +5,8 @@
         [--block 128 --warps 8 --qsub 64 --ksub 64] [--only bwd]   (--maxnreg 0: no cap)
 
 Compiles ``fwd_kernel`` and ``bwd_kernel`` for sm_90 (64-row tiles, head dim 64, bf16, 4 warps,
-``--stages`` software-pipeline stages (default 2), the delta pre-pass unless ``--inline-delta``) with the argument specializations a real launch gets (pointers and ints
+``--stages`` software-pipeline stages (default 2), the delta pre-pass unless ``--inline-delta``,
+the first round's kernels unless ``--fold``) with the argument specializations a real launch gets (pointers and ints
 divisible by 16), disassembles the cubin with the ``cuobjdump`` bundled with Triton, and prints, for
 each loop (a backward branch), its instruction count per thread and iteration and its most common
 opcodes, plus the registers and stack of the whole kernel. In the forward the loops come in kernel
@@ -33,7 +34,7 @@ from triton.compiler import ASTSource
 from sparse_transformer.kernels.triton import kernels as K
 
 BF16 = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV_"}  # DV_: the dV pointer
-F32 = {"LSE", "OS", "LSES", "DELTA", "DQS", "DKS", "DVS"}
+F32 = {"LSE", "DELTA"}
 INT_TABLES = {"qdesc", "qpos", "kdesc", "kpos", "fvis", "fptr", "fsplit", "bvis", "bptr", "bsplit", "items"}
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
@@ -43,7 +44,7 @@ def compile_sm90(fn, consts: dict, warps: int, stages: int, maxnreg: int | None)
     for p in fn.params:
         name = p.name
         sig[name] = ("constexpr" if name in consts else "*fp32" if name in F32 else "*bf16" if name in BF16
-                     else "*i8" if name == "masks" else "*i32" if name in INT_TABLES
+                     else "*i8" if name in ("masks", "qadd", "kadd") else "*i32" if name in INT_TABLES
                      else "fp32" if name in ("qk_scale", "scale") else "i32")
     attrs = {(i,): [["tt.divisibility", 16]] for i, ty in enumerate(sig.values()) if ty not in ("constexpr", "fp32")}
     opts = {"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})}
@@ -87,10 +88,11 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=64, help="tile rows")
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--only", choices=("fwd", "bwd"), default=None)
+    ap.add_argument("--fold", action="store_true", help="the kernels of rounds after the first (FOLD)")
     args = ap.parse_args()
     if args.maxnreg == 0:
         args.maxnreg = None
-    base = {"BLOCK": args.block, "D": 64, "DV": 64, "BD": 64, "BDV": 64}
+    base = {"BLOCK": args.block, "D": 64, "DV": 64, "BD": 64, "BDV": 64, "FOLD": args.fold}
     if args.only != "bwd":
         report("fwd_kernel", compile_sm90(K.fwd_kernel, base, args.warps, args.stages, args.maxnreg))
     if args.only != "fwd":

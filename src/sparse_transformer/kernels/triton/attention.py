@@ -62,9 +62,9 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
     lse = torch.empty(bsz, h, n, device=q.device, dtype=torch.float32)
     warps, stages, maxnreg = policy.launch_config("fwd", blk, max(d_qk, d_v), tabs.long_walk)
     args = (q, k, v, o, lse, *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), h, n, scale * LOG2E)
-    consts = (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v))  # BLOCK D DV BD BDV
-    for items, static in zip(tabs.fwd_rounds, tabs.fwd_static):
-        kern.fwd_kernel((items.shape[0], bsz), args, consts, warps, stages, maxnreg, static, policy.direct_launch)
+    for r, (items, static) in enumerate(zip(tabs.fwd_rounds, tabs.fwd_static)):
+        kern.fwd_kernel((items.shape[0], bsz), args, (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v), r > 0),  # ... FOLD
+                        warps, stages, maxnreg, static, policy.direct_launch)
     return o, lse
 
 
@@ -97,8 +97,8 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None)
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(o),
             *_strides3(dq), *_strides3(dk), *_strides3(dv), h, n, scale, scale * LOG2E)
     consts = (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v), inline_delta, qsub, ksub)  # ... INLINE_DELTA QSUB KSUB
-    for items, static in zip(tabs.bwd_rounds, tabs.bwd_static):
-        kern.bwd_kernel((items.shape[0], bsz), args, consts, warps, stages, maxnreg, static, direct)
+    for r, (items, static) in enumerate(zip(tabs.bwd_rounds, tabs.bwd_static)):
+        kern.bwd_kernel((items.shape[0], bsz), args, (*consts, r > 0), warps, stages, maxnreg, static, direct)  # FOLD
     return dq, dk, dv
 
 

@@ -167,13 +167,13 @@ def _kind_range(ptr, split, t, KIND: tl.constexpr, NSUB: tl.constexpr):
 
 
 @triton.jit
-def _store_rows(x_base, stride_xn, x, rows, rnd, add, offs_d, D: tl.constexpr):
+def _store_rows(x_base, stride_xn, x, rows, add, offs_d, D: tl.constexpr, FOLD: tl.constexpr):
     """A tile's float32 result rows to their positions (row stride ``stride_xn`` from ``x_base``, the
-    (batch, head) start of the output), padding rows (-1) skipped. In rounds after the first
-    (``rnd`` > 0), rows whose ``add`` flag is set hold an earlier round's partial sum: added to."""
+    (batch, head) start of the output), padding rows (-1) skipped. FOLD (rounds after the first):
+    rows whose ``add`` flag is set hold an earlier round's partial sum, added to."""
     mask = (rows >= 0)[:, None] & (offs_d < D)[None, :]
     ptrs = x_base + rows.to(tl.int64)[:, None] * stride_xn + offs_d[None, :]
-    if rnd > 0:
+    if FOLD:
         x += tl.load(ptrs, mask=mask & (add != 0)[:, None], other=0.0).to(tl.float32)
     tl.store(ptrs, x.to(x_base.dtype.element_ty), mask=mask)
 
@@ -223,6 +223,7 @@ def fwd_kernel(
     stride_ob, stride_oh, stride_on, H, N, qk_scale,
     qdesc, qpos, qadd, kpos, fvis, fptr, fsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    FOLD: tl.constexpr,
 ):
     """A query tile's output and log2-sum-exp: online softmax over its visit list, kind by kind. In
     rounds after the first, merged (log-sum-exp weights) with what earlier rounds wrote for its rows."""
@@ -247,8 +248,7 @@ def fwd_kernel(
     lse = tl.where(l_ok, m_i + tl.math.log2(l_safe), float("-inf"))
     valid = qi >= 0
     lse_ptrs = LSE + bh * N + qi.to(tl.int64)
-    rnd = tl.load(qdesc + t * 5 + 4)
-    if rnd > 0:  # fold in the earlier rounds' (output, log-sum-exp) of these rows
+    if FOLD:  # fold in the earlier rounds' (output, log-sum-exp) of these rows
         add = (tl.load(qadd + t * BLOCK + offs) != 0) & valid
         l0 = tl.load(lse_ptrs, mask=add, other=float("-inf"))
         o0 = tl.load(O + b * stride_ob + h * stride_oh + qi.to(tl.int64)[:, None] * stride_on + offs_dv[None, :],
@@ -261,7 +261,7 @@ def fwd_kernel(
         tot_safe = tl.where(tot > 0, tot, 1.0)
         o = (o0 * w0[:, None] + o * w1[:, None]) / tot_safe[:, None]
         lse = tl.where(tot > 0, m + tl.math.log2(tot_safe), float("-inf"))
-    _store_rows(O + b * stride_ob + h * stride_oh, stride_on, o, qi, 0, 0, offs_dv, DV)
+    _store_rows(O + b * stride_ob + h * stride_oh, stride_on, o, qi, 0, offs_dv, DV, False)
     tl.store(lse_ptrs, lse, mask=valid)
 
 
@@ -360,7 +360,7 @@ def _dkdv_program(k_base, v_base, dk_base, dv_base, q_base, do_base, o_base, lse
                   stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dkn, stride_dvn,
                   tile, qpos, kdesc, kpos, kadd, bvis, bptr, bsplit, masks, scale, qk_scale,
                   BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                  INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr):
+                  INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, FOLD: tl.constexpr):
     """dK, dV of key tile ``tile``: walk the query tiles that see it (its transposed visit list),
     kind by kind, each in steps of QSUB rows."""
     offs_d = tl.arange(0, BD)
@@ -375,10 +375,11 @@ def _dkdv_program(k_base, v_base, dk_base, dv_base, q_base, do_base, o_base, lse
         dk, dv = _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, stride_qn, stride_don,
                             stride_on, bvis, qpos, masks, lo, hi, qk_scale, offs_d, offs_dv,
                             BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB, kind)
-    rnd = tl.load(kdesc + tile * 5 + 4)
-    add = tl.load(kadd + tile * BLOCK + tl.arange(0, BLOCK))
-    _store_rows(dk_base, stride_dkn, dk * scale, kj, rnd, add, offs_d, D)
-    _store_rows(dv_base, stride_dvn, dv, kj, rnd, add, offs_dv, DV)
+    add = 0
+    if FOLD:
+        add = tl.load(kadd + tile * BLOCK + tl.arange(0, BLOCK))
+    _store_rows(dk_base, stride_dkn, dk * scale, kj, add, offs_d, D, FOLD)
+    _store_rows(dv_base, stride_dvn, dv, kj, add, offs_dv, DV, FOLD)
 
 
 @triton.jit
@@ -386,7 +387,7 @@ def _dq_program(k_base, v_base, dq_base, q_base, do_base, o_base, lse_base, delt
                 stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dqn,
                 tile, qdesc, qpos, qadd, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
                 BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                INLINE_DELTA: tl.constexpr, KSUB: tl.constexpr):
+                INLINE_DELTA: tl.constexpr, KSUB: tl.constexpr, FOLD: tl.constexpr):
     """dQ of query tile ``tile``: walk its visit list again, kind by kind, each visited key tile in
     steps of KSUB rows."""
     offs_d = tl.arange(0, BD)
@@ -399,8 +400,10 @@ def _dq_program(k_base, v_base, dq_base, q_base, do_base, o_base, lse_base, delt
         lo, hi = _kind_range(fptr, fsplit, tile, kind, BLOCK // KSUB)
         dq = _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks,
                       lo, hi, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, KSUB, kind)
-    _store_rows(dq_base, stride_dqn, dq * scale, qi, tl.load(qdesc + tile * 5 + 4),
-                tl.load(qadd + tile * BLOCK + tl.arange(0, BLOCK)), offs_d, D)
+    add = 0
+    if FOLD:
+        add = tl.load(qadd + tile * BLOCK + tl.arange(0, BLOCK))
+    _store_rows(dq_base, stride_dqn, dq * scale, qi, add, offs_d, D, FOLD)
 
 
 @triton.jit
@@ -412,11 +415,11 @@ def bwd_kernel(
     H, N, scale, qk_scale,
     qdesc, qpos, qadd, kdesc, kpos, kadd, fvis, fptr, fsplit, bvis, bptr, bsplit, masks, items,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KSUB: tl.constexpr,
+    INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KSUB: tl.constexpr, FOLD: tl.constexpr,
 ):
     """One launch: item kind 0 computes a key tile's dK, dV (walking the query tiles that see it, in
-    steps of QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows); tiles of
-    rounds after the first add to the earlier rounds' sums. Every tensor but LSE/DELTA is read or
+    steps of QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows); with FOLD
+    (rounds after the first) they add to the earlier rounds' sums. Every tensor but LSE/DELTA is read or
     written through its (batch, head, row) strides; with
     INLINE_DELTA, DELTA is not read (no pre-pass ran). DV_ points to dV (DV is its head dim)."""
     b, h, tile, bh = _work_item(items, H, 3)
@@ -432,9 +435,9 @@ def bwd_kernel(
                       q_base, do_base, o_base, lse_base, delta_base,
                       stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dkn, stride_dvn,
                       tile, qpos, kdesc, kpos, kadd, bvis, bptr, bsplit, masks, scale, qk_scale,
-                      BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB)
+                      BLOCK, D, DV, BD, BDV, INLINE_DELTA, QSUB, FOLD)
     else:
         _dq_program(k_base, v_base, DQ + b * stride_dqb + h * stride_dqh, q_base, do_base, o_base, lse_base,
                     delta_base, stride_kn, stride_vn, stride_qn, stride_don, stride_on, stride_dqn,
                     tile, qdesc, qpos, qadd, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
-                    BLOCK, D, DV, BD, BDV, INLINE_DELTA, KSUB)
+                    BLOCK, D, DV, BD, BDV, INLINE_DELTA, KSUB, FOLD)
