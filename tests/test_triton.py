@@ -2,7 +2,7 @@
 
 Without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here before Triton
 is first imported), on tiny shapes: small tiles (16) so that every code path is hit — fast and
-masked visits, gathered tiles, ragged tails, segment merges (slots), per-head plan lists. On a CUDA
+masked visits, gathered tiles, ragged tails, segment rounds (later launches fold into earlier ones), per-head plan lists. On a CUDA
 machine the same cases run compiled, plus the ``gpu``-marked cases at real sizes.
 """
 
@@ -72,7 +72,7 @@ CASES = [
     (P.local(16), 97),
     (P.strided(16), 130),  # strided rows loaded in place (tile = one residue class, step 16)
     (P.strided(5), 97),  # ragged classes: gathered tiles
-    (P.union(*P.factorized("fixed", 32, 8)), 130),  # merged head: summary columns gathered, slots
+    (P.union(*P.factorized("fixed", 32, 8)), 130),  # merged head: summary columns gathered, two rounds
     (P.union(*P.factorized("strided", 16)), 97),  # two segments: log-sum-exp merge
     (P.summary(32, 8, 1), 97),  # rows with no key at all
     (P.dense(), 61),
@@ -181,7 +181,7 @@ def test_long_walk_forward_on_its_own_tiles():
 
 def test_long_walk_two_segment_heads():
     """The long-walk backward (delta pre-pass, longest-first work) on a fixed merged head and a
-    two-segment strided head in one launch (dQ and dK/dV slots)."""
+    two-segment strided head in the same launches (two rounds each way)."""
     heads = [P.union(*P.factorized("fixed", 32, 8)), P.union(*P.factorized("strided", 16))]
     q, k, v = qkv(1, 2, 97, 32, torch.float32, seed=16)
     assert_close_to_reference(q, k, v, heads, with_policy(policy(long_walk=1)), atol=FP32_ATOL)

@@ -18,11 +18,12 @@ How a plan becomes work
 * The transposed lists (for each key tile, the query tiles that visit it) drive the dK/dV walks.
 * Several heads with different plans (the paper's multi-head mode) run in the same launches: each
   program reads its (head, tile) from a work list.
-* Segments of one plan have disjoint (query, key) pair sets but share positions. The first segment's
-  query tiles and the first key tile holding a position *own* it and write straight to the output;
-  other tiles write float32 *slots* that a small pass merges (forward: log-sum-exp merge; backward:
-  addition). The fixed merged head's summary key tiles share rows with the natural key tiles, so
-  their dK/dV go through slots.
+* Segments of one plan have disjoint (query, key) pair sets but share positions, and the fixed
+  merged head's gathered summary key tiles share rows with its natural key tiles. Tiles are put in
+  *rounds* (:func:`_rounds`): the tiles of one round hold disjoint rows and run in one launch; a
+  later round folds its result into the rows earlier rounds wrote (forward: log-sum-exp merge of
+  output and log-sum-exp; backward: addition), per-row flags (``qadd``/``kadd``) saying which rows
+  hold an earlier result. Query tiles go in segment order, key tiles longest walk first.
 """
 
 from __future__ import annotations
