@@ -453,7 +453,7 @@ def run_cuda(sizes: list[int], heads: int, dim: int, methods: list[str], cases: 
                     rows.append(row)
                     _print_cuda_row(row)
                     if partial is not None:
-                        partial.write_text(json.dumps({"rows": rows}, indent=1))
+                        partial.write_text(json.dumps({"rows": rows, "checks": checks}, indent=1))
             del q, k, v, g
             torch.cuda.empty_cache()
     info = cuda_env_info()
