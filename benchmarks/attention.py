@@ -619,8 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         partial = (args.out or RESULTS / "attention-gpu-partial.json").with_suffix(".partial.json")
         result = None
         for dim in args.dims or [args.dim]:
-            part = run_cuda(args.sizes or CUDA_SIZES, args.heads or 8, dim, args.methods, args.cases, partial,
-                            graph=args.graph, check=args.check)
+            part = run_cuda(args.sizes or CUDA_SIZES, args.heads or 8, dim, args.methods, args.cases,
+                            partial.with_suffix(f".d{dim}.json"), graph=args.graph, check=args.check)
             if result is None:
                 result = part
             else:
