@@ -448,6 +448,7 @@ def test_gpu_targets_shapes(d, dtype):
     heads = [P.local(32), P.strided(32)] * 2
     assert_close_to_reference(q, k, v, heads, "triton")
     assert_close_to_reference(q, k, v, P.union(*P.factorized("fixed", 128, 32)), "triton")
+    assert_close_to_reference(q, k, v, P.union(*P.factorized("strided", 32)), "triton")  # two rounds each way
 
 
 @pytest.mark.gpu
