@@ -4,8 +4,8 @@
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section SchedulerStats python benchmarks/lab/ncu_kernels.py --case strided:65536
 
-Per ``--reps``: one forward (``fwd_kernel``, merges) and one backward (``delta_kernel`` where the plan
-uses it, ``bwd_kernel``, slot additions) called directly (``forward_tables`` / ``backward_tables``, no
+Per ``--reps``: one forward (``fwd_kernel``, one launch per round) and one backward (``delta_kernel`` where the plan
+uses it, ``bwd_kernel``, one launch per round) called directly (``forward_tables`` / ``backward_tables``, no
 autograd), B=1, H=8, D=64, bf16, under the default launch policy (long-walk forwards on their own
 tiles). The first
 repetition compiles, so skip its launches (``--launch-skip``).
