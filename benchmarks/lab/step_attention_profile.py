@@ -5,18 +5,14 @@
 For each preset and pattern, one layer's attention exactly as the model calls it
 (``kernels.keyed_attention_qkv`` on a (batch, ctx, 3 d) bf16 projection, the preset's mode, batch and
 heads): GPU microseconds per kernel name per forward+backward (torch.profiler over 10 calls), the
-same call's time replayed as a CUDA graph (GPU time) and eager (host included). Then ``--host``:
-cProfile of eager fwd+bwd calls of the 4K strided case of ``benchmarks/attention.py`` (host time
-per function). Prints tables; ``--json`` writes them.
+same call's time replayed as a CUDA graph (GPU time) and eager (host included). Prints a table per
+layer; ``--json`` writes them. (The host profile of an eager call: ``gpu_check.py --profile-host``.)
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import json
-import pstats
 import sys
 from collections import defaultdict
 from dataclasses import replace
@@ -93,38 +89,11 @@ def eager_ms(run, reps: int = 20) -> float:
     return triton.testing.do_bench(run, warmup=10, rep=reps * 5)
 
 
-def host_profile(n: int = 4096, calls: int = 200) -> str:
-    from sparse_transformer import patterns as P
-    from sparse_transformer import sparse_attention
-
-    pats = [P.local(64)] * 4 + [P.strided(64)] * 4
-    q, k, v = (torch.randn(1, 8, n, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    g = torch.randn_like(q)
-
-    def run():
-        sparse_attention(q, k, v, pats, backend="triton").backward(g)
-        q.grad = k.grad = v.grad = None
-
-    for _ in range(20):
-        run()
-    torch.cuda.synchronize()
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(calls):
-        run()
-    pr.disable()
-    torch.cuda.synchronize()
-    buf = io.StringIO()
-    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(25)
-    return buf.getvalue()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["enwik8", "table2-text"])
     ap.add_argument("--patterns", nargs="+", default=["fixed", "strided"])
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--host", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": []}
@@ -138,10 +107,6 @@ def main() -> None:
             for name, r in table.items():
                 print(f"  {r['us']:8.1f} us  x{r['count']:.0f}  {name[:110]}")
             out["cases"].append({"case": desc, "graph_us": gms * 1e3, "eager_us": ems * 1e3, "kernels": table})
-    if args.host:
-        text = host_profile()
-        print("\n## host profile, eager strided 4K fwd+bwd (200 calls)\n" + text)
-        out["host_profile"] = text
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 
