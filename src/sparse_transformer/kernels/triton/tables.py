@@ -142,6 +142,9 @@ def _rounds(tiles: torch.Tensor, first: torch.Tensor, n: int) -> tuple[torch.Ten
     in the order ``first`` (e.g. longest walk first), each into the first round that holds none of
     its rows, so the tiles of one round (one launch) write disjoint rows."""
     rnd = torch.zeros(tiles.shape[0], dtype=torch.int64)
+    rows = tiles[tiles >= 0]
+    if rows.numel() == 0 or int(torch.bincount(rows, minlength=n).max()) <= 1:  # no shared row: one round
+        return rnd, torch.zeros(tiles.shape, dtype=torch.bool)
     used: list[torch.Tensor] = []
     for i in first.tolist():
         rows = tiles[i][tiles[i] >= 0]
