@@ -94,8 +94,9 @@ def test_fp16_ragged_and_batch(n):
 
 
 def test_per_head_list_one_launch():
-    """Multi-head mode: local, strided and fixed heads in the same launches."""
-    heads = [P.local(16), P.strided(16), P.union(P.block(32), P.summary(32, 8, 1)), P.local(16)]
+    """Multi-head mode: local, strided, fixed and merged strided heads in the same launches (heads
+    with one round and with two: the second launches carry only some heads' tiles)."""
+    heads = [P.local(16), P.strided(16), P.union(P.block(32), P.summary(32, 8, 1)), P.union(*P.factorized("strided", 16))]
     q, k, v = qkv(1, 4, 97, 32, torch.float16, seed=2)
     with _Block16():
         assert_close_to_reference(q, k, v, heads, "triton")
