@@ -179,7 +179,6 @@ class PatternKey:
 
     key: int
     backend: str
-    source: object  # one Pattern, or a tuple of one per head
     all_dense: bool
     direct: bool
 
@@ -204,10 +203,8 @@ def pattern_key(pattern: Pattern | Sequence[Pattern], heads: int, backend: str =
     pats = _head_patterns(pattern, heads)
     src = pats[0] if len(set(pats)) == 1 else tuple(pats)
     key = op.register(backend, src)
-    pk = PatternKey(
-        key=key, backend=backend, source=op.source(key)[1],  # the object the operator's routes are keyed by
-        all_dense=all(isinstance(p, Dense) for p in pats), direct=backend == "flex",
-    )  # fmt: skip
+    pk = PatternKey(key=key, backend=backend, all_dense=all(isinstance(p, Dense) for p in pats),
+                    direct=backend == "flex")
     if ids is not None:
         if len(_PATTERN_KEYS) >= _MAX_ROUTES:
             _PATTERN_KEYS.clear()
@@ -227,7 +224,7 @@ def keyed_attention(
         # plan gains nothing from our tables.
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if pk.direct:
-        return _route(pk.backend, pk.source, q.shape[1], q.shape[2], q.device).run(q, k, v, scale)
+        return _route(pk.key, q.shape[1], q.shape[2], q.device).run(q, k, v, scale)
     return op.attention(q, k, v, pk.key, float(scale))
 
 
@@ -264,7 +261,6 @@ class _Route:
     backend keeps its kernel tables here, so a call does no planning work."""
 
     def __init__(self, backend: str, source, heads: int, n: int, device: torch.device):
-        self.source = source
         pats = _head_patterns(source, heads)
         self.name = name = resolve_backend(backend, device)
         self.mod = mod = _module(name)
@@ -317,9 +313,6 @@ class _Route:
         return self._merge([(self.mod.attention(q[:, s], k[:, s], v[:, s], plan, scale),)
                             for s, plan in self.units])[0]
 
-    def matches(self, source) -> bool:
-        return _same_objects(self.source, source)
-
 
 def _identity(pattern):
     """The cache key of a pattern argument: its id, or the ids of a list (None: not cacheable)."""
@@ -341,16 +334,16 @@ _ROUTES: dict[tuple, _Route] = {}
 _MAX_ROUTES = 256
 
 
-def _route(backend: str, pattern, heads: int, n: int, device: torch.device) -> _Route:
-    """The cached :class:`_Route` (keyed by the pattern objects' identities, checked on a hit)."""
-    ids = _identity(pattern)
-    key = (backend, n, heads, device.type, device.index, os.environ.get("TRITON_INTERPRET"), ids)
-    hit = _ROUTES.get(key) if ids is not None else None
-    if hit is not None and hit.matches(pattern):
-        return hit
-    if len(_ROUTES) >= _MAX_ROUTES:
-        _ROUTES.clear()
-    route = _ROUTES[key] = _Route(backend, pattern, heads, n, device)
+def _route(key: int, heads: int, n: int, device: torch.device) -> _Route:
+    """The cached :class:`_Route` of a registered key (:func:`pattern_key`) at (heads, n, device).
+    Looked up by plain values: a key names its (backend, patterns) for the life of the process, so
+    equal patterns in other objects (a second model, a resumed run) share the route."""
+    lookup = (key, n, heads, device.type, device.index, os.environ.get("TRITON_INTERPRET"))
+    route = _ROUTES.get(lookup)
+    if route is None:
+        if len(_ROUTES) >= _MAX_ROUTES:
+            _ROUTES.clear()
+        route = _ROUTES[lookup] = _Route(*op.source(key), heads, n, device)
     return route
 
 
@@ -363,4 +356,4 @@ def prepare_route(pk: PatternKey, heads: int, n: int, device: torch.device | str
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if not pk.direct and not pk.uses_sdpa(device):
-        _route(pk.backend, pk.source, heads, n, device)
+        _route(pk.key, heads, n, device)

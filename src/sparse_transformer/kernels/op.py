@@ -28,7 +28,6 @@ FlexAttention) are called directly by :func:`sparse_transformer.kernels.sparse_a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,24 +57,13 @@ def source(key: int) -> tuple[str, object]:
     return _SOURCES[key]
 
 
-_BY_KEY: dict[tuple, object] = {}  # (key, heads, n, device, TRITON_INTERPRET) -> the dispatcher's route
-
-
 def _route(key: int, x: torch.Tensor, heads: int | None = None):
     """The dispatcher's cached route (plans, kernel tables) for ``key`` and a (batch, heads, seq, d)
-    tensor, or a (batch, seq, width) one with ``heads`` given. Looked up by plain values: a key
-    names its patterns for the life of the process, so no identity checks run per call."""
-    h, n = (heads, x.shape[1]) if x.dim() == 3 else (x.shape[1], x.shape[2])
-    lookup = (key, h, n, x.device, os.environ.get("TRITON_INTERPRET"))
-    route = _BY_KEY.get(lookup)
-    if route is None:
-        from . import _route as dispatcher_route
+    tensor, or a (batch, seq, width) one with ``heads`` given."""
+    from . import _route as route
 
-        backend, src = source(key)
-        if len(_BY_KEY) >= 256:
-            _BY_KEY.clear()
-        route = _BY_KEY[lookup] = dispatcher_route(backend, src, h, n, x.device)
-    return route
+    h, n = (heads, x.shape[1]) if x.dim() == 3 else (x.shape[1], x.shape[2])
+    return route(key, h, n, x.device)
 
 
 def _lse_dtype(q: torch.Tensor) -> torch.dtype:
