@@ -19,7 +19,7 @@ Useful FLOPs per step (the formula of issue 16): matmuls ``6 * P * tokens`` with
 the linear layers (the embeddings are look-ups), plus attention ``4 * pairs * d_head * heads *
 layers * 3`` per sequence for forward + backward, with ``pairs`` the (query, key) pairs each head's
 pattern allows (n(n+1)/2 for dense). Utilisation is useful FLOP/s over the bf16 matmul rate
-measured in the same process (8192^3). ``--profile`` adds, for the compiled sparse rows of the
+measured in the same process (8192^3). ``--profile`` adds, for the compiled rows (GPT included) of the
 first preset, one profiled step split into attention / matmul / optimizer / other kernels.
 
     PYTHONPATH=src python benchmarks/model.py --presets enwik8 table2-text table2-images \\
@@ -194,7 +194,7 @@ def profile_step(model, opt, params, x, y, device: str) -> dict:
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
     split: dict[str, float] = {}
-    other: dict[str, float] = {}
+    other: dict[str, list] = {}  # name -> [ms, launches]
     for ev in prof.events():
         if ev.device_type != DeviceType.CUDA:
             continue
@@ -202,11 +202,13 @@ def profile_step(model, opt, params, x, y, device: str) -> dict:
         kind = kernel_kind(ev.name)
         split[kind] = split.get(kind, 0.0) + ms
         if kind == "other":
-            other[ev.name[:90]] = other.get(ev.name[:90], 0.0) + ms
-    top = sorted(other.items(), key=lambda kv: -kv[1])[:12]
+            acc = other.setdefault(ev.name[:90], [0.0, 0])
+            acc[0] += ms
+            acc[1] += 1
+    top = sorted(other.items(), key=lambda kv: -kv[1][0])[:40]
     host = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
     return {"ms": {k: round(v, 2) for k, v in split.items()}, "total_ms": round(sum(split.values()), 2),
-            "wall_ms": round(1000 * wall, 2), "top_other": [[k, round(v, 3)] for k, v in top],
+            "wall_ms": round(1000 * wall, 2), "top_other": [[k, round(v, 3), n] for k, (v, n) in top],
             "host_self_ms": [[e.key[:80], e.count, round(e.self_cpu_time_total / 1000, 3)] for e in host]}
 
 
@@ -303,7 +305,7 @@ def to_markdown(doc: dict) -> str:
                 lines += [f"Profile of one `{r['name']}` step ({pr['wall_ms']:.1f} ms wall): "
                           f"{pr['total_ms']:.1f} ms of GPU time: "
                           f"{parts} ms. Largest other kernels: "
-                          + "; ".join(f"{k} {v:.2f}" for k, v in pr["top_other"][:6]), ""]
+                          + "; ".join(f"{k} {v:.2f} ({n})" for k, v, n in pr["top_other"][:6]), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--layers", type=int, default=None, help="override the depth (smoke tests)")
-    ap.add_argument("--profile", action="store_true", help="profile the first preset's compiled sparse rows")
+    ap.add_argument("--profile", action="store_true", help="profile one step of the first preset's compiled rows")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--md", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["useful_flops"] = flops
         for row in args.rows:
             pattern = row.split("-")[0].replace("gpt", "dense")
-            prof = args.profile and pi == 0 and row.split("-")[0] in ("fixed", "strided") and "eager" not in row
+            prof = args.profile and pi == 0 and "eager" not in row
             r = measure(row, mc, batch, args.device, args.steps, args.warmup, prof)
             if r["status"] == "ok":
                 r["useful_tflops"] = flops[pattern]["total"] / (r["step_ms"] / 1000) / 1e12

@@ -7,7 +7,8 @@ forward on its own: blocks share their code, so a model compiles once per distin
 pattern (one block for merged heads, p for interleaved patterns) instead of once per layer, and
 compile time stays that of one block whatever the depth. Module hooks (DDP, FSDP2) stay outside
 the compiled code and parameter names do not change, so checkpoints are the same either way.
-The embedding and the output layer stay eager (a few kernels per step).
+The embedding (``model.embed``) and the output layer (``model.logits``) compile as two more
+functions.
 
 ``train.compile``: ``auto`` (compile on CUDA; on the CPU Inductor's compile time outweighs what it
 saves on short runs), ``true`` or ``false``. The compile happens at the first step; the trainer
@@ -97,6 +98,10 @@ def apply_compile(model: nn.Module, mode: str = "default", seq_len: int | None =
             continue
         block.forward = torch.compile(block.forward, **options)
         block._compiled = True
+    if hasattr(model, "embed") and hasattr(model, "logits") and not getattr(model, "_ends_compiled", False):
+        model.embed = torch.compile(model.embed, **options)
+        model.logits = torch.compile(model.logits, **options)
+        model._ends_compiled = True
     model.compile_mode = mode  # resolved: the trainer marks CUDA-graph steps from it
     if seq_len is None and hasattr(model, "cfg"):
         seq_len = model.cfg.ctx  # the training length of a SparseTransformer
