@@ -10,7 +10,8 @@ d 256, ctx 8,192; ``table2-images``: 8 L, d 256, ctx 784), in ONE process:
   under ``auto``; the sparse ones through our Triton kernels), eager and compiled as
   ``train.compile=true`` compiles (each residual block, :mod:`sparse_transformer.compilation`).
 * ``*-graphs`` (``--rows``): compiled with ``mode="reduce-overhead"`` (CUDA graphs;
-  ``train.compile_mode=reduce-overhead``), the GPT whole, ours per block.
+  ``train.compile_mode=reduce-overhead``), the GPT whole, ours per block; ``*-autotune``: the same
+  with ``mode="max-autotune"`` (Inductor benchmarks kernel configurations while compiling).
 
 Every row runs train.py's step: bf16 autocast, float32 loss, backward, clipping, fused AdamW. The
 time is the median of ``--steps`` steps after ``--warmup`` (the first one compiles), synchronised.
@@ -45,7 +46,7 @@ from torch import nn
 
 ROWS = ("gpt-compiled", "gpt-eager", "dense-eager", "dense-compiled", "fixed-eager",
         "fixed-compiled", "strided-eager", "strided-compiled", "gpt-graphs", "dense-graphs", "fixed-graphs",
-        "strided-graphs")  # fmt: skip
+        "strided-graphs", "gpt-autotune", "dense-autotune", "fixed-autotune", "strided-autotune")  # fmt: skip
 DEFAULT_ROWS = ROWS[:8]
 BATCH = {"enwik8": 2}  # per-GPU batch where it differs from the preset's (enwik8: 16 over 8 GPUs)
 
@@ -147,9 +148,9 @@ def build_row(row: str, mc, device: str):
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=device == "cuda")
     if how == "compiled":
         model = torch.compile(model) if name == "gpt" else apply_compile(model)
-    if how == "graphs":  # CUDA graphs: train.compile_mode=reduce-overhead
-        model = (torch.compile(model, mode="reduce-overhead") if name == "gpt"
-                 else apply_compile(model, "reduce-overhead", mc.ctx))
+    if how in ("graphs", "autotune"):  # CUDA graphs: train.compile_mode=reduce-overhead or max-autotune
+        mode = "reduce-overhead" if how == "graphs" else "max-autotune"
+        model = torch.compile(model, mode=mode) if name == "gpt" else apply_compile(model, mode, mc.ctx)
     return model, opt, params
 
 
@@ -186,18 +187,20 @@ def profile_step(model, opt, params, x, y, device: str) -> dict:
     """One step under the profiler: GPU time by kernel kind (ms), the largest 'other' kernels,
     the step's wall time against its GPU-busy time, and the host ops with the most own time."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
-        step(model, opt, params, x, y, device)
-        torch.cuda.synchronize()
+        with record_function("bench_step"):
+            step(model, opt, params, x, y, device)
+            torch.cuda.synchronize()
         wall = time.perf_counter() - t0
     split: dict[str, float] = {}
     other: dict[str, list] = {}  # name -> [ms, launches]
-    for ev in prof.events():
-        if ev.device_type != DeviceType.CUDA:
-            continue
+    kernels = sorted((ev for ev in prof.events() if ev.device_type == DeviceType.CUDA),
+                     key=lambda ev: ev.time_range.start)
+    marks = [ev for ev in prof.events() if ev.name == "bench_step"]
+    for ev in kernels:
         ms = ev.time_range.elapsed_us() / 1000
         kind = kernel_kind(ev.name)
         split[kind] = split.get(kind, 0.0) + ms
@@ -206,9 +209,21 @@ def profile_step(model, opt, params, x, y, device: str) -> dict:
             acc[0] += ms
             acc[1] += 1
     top = sorted(other.items(), key=lambda kv: -kv[1][0])[:40]
+    # Idle GPU time inside the step: before the first kernel, between kernels, after the last.
+    gaps, end, prev = [], None, ""
+    for ev in kernels:
+        if end is not None and ev.time_range.start > end:
+            gaps.append((ev.time_range.start - end, prev[:50], ev.name[:50]))
+        if end is None or ev.time_range.end > end:
+            end, prev = ev.time_range.end, ev.name
+    idle = {}
+    if kernels and marks:
+        idle = {"lead_ms": round((kernels[0].time_range.start - marks[0].time_range.start) / 1000, 3),
+                "between_ms": round(sum(g[0] for g in gaps) / 1000, 3),
+                "largest_gaps": [[round(g / 1000, 3), a, b] for g, a, b in sorted(gaps, reverse=True)[:8]]}
     host = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
     return {"ms": {k: round(v, 2) for k, v in split.items()}, "total_ms": round(sum(split.values()), 2),
-            "wall_ms": round(1000 * wall, 2), "top_other": [[k, round(v, 3), n] for k, (v, n) in top],
+            "wall_ms": round(1000 * wall, 2), "idle": idle, "top_other": [[k, round(v, 3), n] for k, (v, n) in top],
             "host_self_ms": [[e.key[:80], e.count, round(e.self_cpu_time_total / 1000, 3)] for e in host]}
 
 
@@ -359,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 pr = r["profile"]
                 print(f"   profile: GPU {pr['ms']} = {pr['total_ms']} ms in a {pr['wall_ms']} ms step", flush=True)
                 print(f"   top other: {pr['top_other'][:5]}", flush=True)
+                print(f"   GPU idle: {pr['idle']}", flush=True)
                 print(f"   host self ms: {pr['host_self_ms'][:10]}", flush=True)
             _write(args.json, doc)
     _write(args.json, doc)
