@@ -1,15 +1,7 @@
-"""Backend dispatch: ``sparse_attention(q, k, v, pattern, backend=...)``.
-
-Backends (each a module with ``attention(q, k, v, plan, scale)`` for one plan shared by the heads):
-
-* ``reference``: dense masked O(N^2), float64-capable: the oracle.
-* ``torch``: pure PyTorch, block-sparse from the plan, O(N·sqrt(N)); CPU and CUDA.
-* ``triton``: fused Triton kernels (CUDA; or the Triton interpreter with TRITON_INTERPRET=1).
-* ``flex``: the same plans fed to PyTorch's FlexAttention (CUDA).
-
-``auto`` picks ``triton`` on CUDA when Triton is importable, otherwise ``torch``; when every head is
-``dense`` on CUDA it calls PyTorch's causal ``scaled_dot_product_attention`` (FlashAttention) instead:
-the best dense kernel is the fair baseline, and a dense plan gains nothing from our tables.
+"""Backend dispatch: ``sparse_attention(q, k, v, pattern, backend=...)`` over the backends ``reference``
+(the dense oracle), ``torch`` (pure PyTorch, block-sparse), ``triton`` (fused kernels) and ``flex``
+(FlexAttention); ``auto`` picks ``triton`` on CUDA, else ``torch``, and causal SDPA for all-dense heads on
+CUDA. Backends, routes and the registered operator: ``docs/kernels.md`` ("Dispatch and the registered operator").
 """
 
 from __future__ import annotations
@@ -30,14 +22,8 @@ from . import op
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "reference", "torch", "triton", "flex")
-_MODULES = {
-    "reference": "reference",
-    "torch": "torch_sparse",
-    "triton": "triton",
-    "flex": "flex_attention",
-}
-# Tile size each backend's plans use (measured: the torch backend on 2 CPU cores is fastest at 64
-# for local/strided heads and at 128 for the FLOP-heavier fixed heads).
+_MODULES = {"reference": "reference", "torch": "torch_sparse", "triton": "triton", "flex": "flex_attention"}
+# Tile size each backend's plans use (measured choices: docs/kernels.md).
 PLAN_BLOCK = {"torch": 64, "triton": 64, "flex": 128}
 PLAN_BLOCK_FIXED = {"torch": 128}
 
@@ -62,11 +48,8 @@ def backend_available(name: str, device: torch.device | str = "cpu") -> bool:
     device = torch.device(device)
     if name in ("reference", "torch"):
         return True
-    if name == "triton":
-        interp = os.environ.get("TRITON_INTERPRET") == "1"
-        if device.type != "cuda" and not interp:
-            return False
-    if name == "flex" and device.type != "cuda":
+    interp = name == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+    if name in ("triton", "flex") and device.type != "cuda" and not interp:
         return False
     try:
         mod = _module(name)
@@ -80,8 +63,8 @@ _RESOLVED: dict[tuple, str] = {}
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend for a request ('auto' resolved), or ValueError. Cached per backend,
-    device and TRITON_INTERPRET setting (the answer costs imports and CUDA queries)."""
+    """The concrete backend for a request ('auto' resolved), or ValueError; cached per backend, device and
+    TRITON_INTERPRET setting."""
     device = torch.device(device)
     key = (backend, device.type, device.index, os.environ.get("TRITON_INTERPRET"))
     name = _RESOLVED.get(key)
@@ -101,10 +84,8 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
             log.warning("Triton kernels unavailable on %s; falling back to the torch backend", device)
         return "torch"
     if not backend_available(backend, device):
-        raise ValueError(
-            f"backend {backend!r} is not available on device {device.type!r} here; "
-            f"available: {', '.join(b for b in BACKENDS[1:] if backend_available(b, device))}"
-        )
+        available = ", ".join(b for b in BACKENDS[1:] if backend_available(b, device))
+        raise ValueError(f"backend {backend!r} is not available on device {device.type!r} here; available: {available}")
     return backend
 
 
@@ -141,13 +122,8 @@ def _head_patterns(pattern, heads: int) -> list[Pattern]:
 
 
 def sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    pattern: Pattern | Sequence[Pattern],
-    *,
-    backend: str = "auto",
-    scale: float | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | Sequence[Pattern], *,
+    backend: str = "auto", scale: float | None = None,
 ) -> torch.Tensor:
     """Causal sparse attention: each query attends the keys its pattern allows.
 
@@ -161,9 +137,7 @@ def sparse_attention(
         (batch, heads, seq, head_dim_v) in q's dtype. Softmax statistics are kept in float32.
         A query whose pattern row is empty (``summary`` alone, early positions) gets zeros.
 
-    Every backend but SDPA and flex runs as the registered operator ``sparse_transformer::attention``
-    (:mod:`.op`). Code that ``torch.compile``s should build the key once with :func:`pattern_key`
-    and call :func:`keyed_attention` (what the model does): Dynamo then sees one operator node.
+    Under ``torch.compile``, build the key once with :func:`pattern_key` and call :func:`keyed_attention`.
     """
     _check_inputs(q, k, v)
     if q.shape[2] == 0:
@@ -173,9 +147,8 @@ def sparse_attention(
 
 @dataclass(frozen=True, eq=False)
 class PatternKey:
-    """A (backend, per-head patterns) pair prepared for :func:`keyed_attention`: ``key`` names it
-    for the registered operator; ``direct`` backends (flex) and all-dense heads under ``auto``
-    (SDPA on CUDA) are called without it."""
+    """A (backend, per-head patterns) pair prepared for :func:`keyed_attention`: ``key`` names it for the
+    registered operator; ``direct`` backends (flex) and SDPA are called without it."""
 
     key: int
     backend: str
@@ -217,11 +190,8 @@ def keyed_attention(
 ) -> torch.Tensor:
     """:func:`sparse_attention` for a prepared :class:`PatternKey`; what ``torch.compile`` traces
     into one node (the registered operator, or SDPA for all-dense heads on CUDA)."""
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if pk.uses_sdpa(q.device):
-        # PyTorch's causal SDPA (FlashAttention / cuDNN) is the best dense kernel, and a dense
-        # plan gains nothing from our tables.
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if pk.direct:
         return _route(pk.key, q.shape[1], q.shape[2], q.device).run(q, k, v, scale)
@@ -231,11 +201,9 @@ def keyed_attention(
 def keyed_attention_qkv(
     qkv: torch.Tensor, pk: PatternKey, heads: int, qk_width: int, scale: float | None = None
 ) -> torch.Tensor:
-    """:func:`keyed_attention` on the fused projection: ``qkv`` (batch, seq, 2 * qk_width + d_v), q,
-    k and v side by side as a QKV linear layer gives them; returns (batch, seq, d_v), heads side by
-    side, as the output projection reads it. Through the registered ``attention_qkv`` operator,
-    whose backward returns the projection's gradient in one tensor (the Triton kernels write it in
-    place); all-dense heads on CUDA and flex run as :func:`keyed_attention` on views."""
+    """:func:`keyed_attention` on the fused projection ``qkv`` (batch, seq, 2 * qk_width + d_v), q, k, v side
+    by side; returns (batch, seq, d_v), heads side by side. Through the registered ``attention_qkv``
+    operator (SDPA and flex: :func:`keyed_attention` on views)."""
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3 or qkv.dtype not in _DTYPES:
         raise ValueError(f"qkv must be a (batch, seq, 2 * qk_width + d_v) float tensor, got "
                          f"{getattr(qkv, 'shape', type(qkv).__name__)} {getattr(qkv, 'dtype', '')}")
@@ -243,32 +211,23 @@ def keyed_attention_qkv(
         raise ValueError(f"qkv width {qkv.shape[-1]} does not split into 2 x qk_width={qk_width} and a value "
                          f"width, each a multiple of heads={heads}")
     q, k, v = op.split_qkv(qkv, heads, qk_width)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if pk.direct or pk.uses_sdpa(qkv.device):
         return op.merge_heads(keyed_attention(q, k, v, pk, scale))
     return op.attention_qkv(qkv, pk.key, float(scale), heads, qk_width)
 
 
 class _Route:
-    """What one (backend, per-head patterns, n, device) call needs besides the tensors, built once:
-    the resolved backend and ``units``, a list of (head index tensor or None, plan) run one
-    after the other (one unit when every head shares a plan, or for the Triton backend, whose
-    kernel tables take one plan per head in the same launches). ``forward(q, k, v, scale) -> (out,
-    lse)`` / ``backward(q, k, v, out, lse, dout, scale) -> (dq, dk, dv)`` serve the registered
-    operator, ``run(q, k, v, scale)`` the direct flex backend. Head groups are index tensors on
-    the device (no per-call host-to-device copies, so calls can be graph-captured); the Triton
-    backend keeps its kernel tables here, so a call does no planning work."""
+    """What one (backend, per-head patterns, n, device) call needs besides the tensors, built once: the
+    resolved backend and ``units``, (head index tensor or None, plan or kernel tables) run one after the
+    other. ``forward`` / ``backward`` serve the registered operator, ``run`` the direct flex backend."""
 
     def __init__(self, backend: str, source, heads: int, n: int, device: torch.device):
         pats = _head_patterns(source, heads)
         self.name = name = resolve_backend(backend, device)
         self.mod = mod = _module(name)
         distinct = list(dict.fromkeys(pats))
-        if name == "reference":
-            plans = list(distinct)
-        else:
-            plans = [p.plan(n, plan_block(name, p), device) for p in distinct]
+        plans = list(distinct) if name == "reference" else [p.plan(n, plan_block(name, p), device) for p in distinct]
         self._forward, self._backward = getattr(mod, "forward", None), getattr(mod, "backward", None)
         head_plans = [plans[distinct.index(p)] for p in pats]
         if name == "triton" and len({p.block for p in head_plans}) == 1:
@@ -335,9 +294,8 @@ _MAX_ROUTES = 256
 
 
 def _route(key: int, heads: int, n: int, device: torch.device) -> _Route:
-    """The cached :class:`_Route` of a registered key (:func:`pattern_key`) at (heads, n, device).
-    Looked up by plain values: a key names its (backend, patterns) for the life of the process, so
-    equal patterns in other objects (a second model, a resumed run) share the route."""
+    """The cached :class:`_Route` of a registered key (:func:`pattern_key`) at (heads, n, device), looked
+    up by plain values (equal patterns in other objects share it)."""
     lookup = (key, n, heads, device.type, device.index, os.environ.get("TRITON_INTERPRET"))
     route = _ROUTES.get(lookup)
     if route is None:
@@ -348,10 +306,8 @@ def _route(key: int, heads: int, n: int, device: torch.device) -> _Route:
 
 
 def prepare_route(pk: PatternKey, heads: int, n: int, device: torch.device | str) -> None:
-    """Build the route of ``pk`` for sequence length ``n`` (plans, kernel tables) now. Under CUDA
-    graphs (``torch.compile`` mode ``reduce-overhead``) the first call would run in the graph
-    tree's warm-up, whose private memory pool takes every allocation of the thread and refuses
-    tensors that outlive the graph ("tensor(s) in the cudagraph pool not tracked as outputs")."""
+    """Build the route of ``pk`` for sequence length ``n`` (plans, kernel tables) now, outside any CUDA
+    graph warm-up (why: ``docs/kernels.md``)."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())

@@ -1,15 +1,6 @@
-"""The same block plans fed to PyTorch's FlexAttention: the maintained library alternative.
-
-Per segment of the plan: queries are gathered into the segment's tile order (the strided transpose,
-natural order, ...), keys and values into its key-tile order (contiguous, strided, gathered summary
-columns), and a :class:`BlockMask` is built straight from the plan's layout: visits the plan marks
-full become FlexAttention's *full* blocks (no ``mask_mod`` call), the others *partial* blocks whose
-``mask_mod`` evaluates the plan's predicate on the original positions. Segment outputs are put back
-in natural order and merged by log-sum-exp. Heads with different patterns are run by the dispatcher
-one pattern group at a time.
-
-CUDA only (``torch.compile`` of ``flex_attention``); the plan block must be a multiple of 128
-(FlexAttention's tile).
+"""The same block plans fed to PyTorch's FlexAttention (CUDA; plan block a multiple of 128): per segment,
+gathered queries and keys and a :class:`BlockMask` built from the plan's layout, segments merged by
+log-sum-exp (``docs/kernels.md``, "The flex backend").
 """
 
 from __future__ import annotations
@@ -20,10 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from ..patterns import BlockPlan, Segment
+from .torch_sparse import merge_parts
 
 _compiled = None
-# Used after the autotuned defaults fail to compile (seen on the H100 with torch 2.11: every default
-# forward config asked for more shared memory than the SM has with these BlockMasks).
+# Used after the autotuned defaults fail to compile ("out of resource": docs/kernels.md).
 SMALL_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2, "num_warps": 4,
                "bwd_BLOCK_M1": 32, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 32}
 _options: dict = {"kernel_options": None}  # what worked last; set on the first failure
@@ -65,8 +56,7 @@ def _segment_mask(seg: Segment, n: int, device) -> _SegmentMask:
 
     b = seg.block
     tq, tk = seg.q_tiles.shape[0], seg.k_tiles.shape[0]
-    qpos = seg.q_tiles.reshape(-1).to(device)
-    kpos = seg.k_tiles.reshape(-1).to(device)
+    qpos, kpos = seg.q_tiles.reshape(-1).to(device), seg.k_tiles.reshape(-1).to(device)
     lay, ent = seg.layout.cpu(), seg.entry_pred.cpu()
     sel = lay >= 0
     full = sel & (ent < 0)
@@ -91,8 +81,7 @@ def _segment_mask(seg: Segment, n: int, device) -> _SegmentMask:
     preds = seg.preds
 
     def mask_mod(bi, hi, qi, ki):
-        i = qpos[qi]
-        j = kpos[ki]
+        i, j = qpos[qi], kpos[ki]
         p = pid[qi // b, ki // b]
         ok = (i >= 0) & (j >= 0) & (j <= i)
         allowed = p == -1
@@ -134,12 +123,9 @@ def _call(flex, q, k, v, block_mask, scale):
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float | None = None
 ) -> torch.Tensor:
-    """Block-sparse attention through FlexAttention for one plan shared by all heads.
-
-    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plan`` from
-    ``pattern.plan(seq, block, device)`` with block a multiple of 128. Returns (batch, heads, seq,
-    head_dim_v) in q's dtype; differentiable (FlexAttention's own backward).
-    """
+    """Block-sparse attention through FlexAttention for one plan (block a multiple of 128) shared by all
+    heads: q, k (batch, heads, seq, head_dim), v (batch, heads, seq, head_dim_v) -> (batch, heads, seq,
+    head_dim_v) in q's dtype; differentiable (FlexAttention's own backward)."""
     if plan.block % 128:
         raise ValueError(f"the flex backend needs a plan block that is a multiple of 128, got {plan.block}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -148,17 +134,9 @@ def attention(
         from torch.nn.attention.flex_attention import flex_attention as flex
     parts = []
     for sm in _masks(plan, q.device):
-        qs = q.index_select(2, sm.q_index)
-        ks = k.index_select(2, sm.k_index)
-        vs = v.index_select(2, sm.k_index)
+        qs, ks, vs = q.index_select(2, sm.q_index), k.index_select(2, sm.k_index), v.index_select(2, sm.k_index)
         o, lse = _call(flex, qs, ks, vs, sm.block_mask, scale)
         parts.append((o.index_select(2, sm.inverse), lse.index_select(2, sm.inverse)))
     if len(parts) == 1:
         return parts[0][0]
-    lses = torch.stack([lse for _, lse in parts])
-    total = torch.logsumexp(lses, dim=0)
-    safe = torch.where(torch.isfinite(total), total, 0.0)
-    out = 0
-    for o, lse in parts:
-        out = out + torch.exp(lse.float() - safe.float())[..., None] * o.float()
-    return out.to(q.dtype)
+    return merge_parts([(o.float(), lse.float()) for o, lse in parts])[0].to(q.dtype)

@@ -1,29 +1,9 @@
-"""The attention as one registered PyTorch operator: ``torch.compile`` sees one opaque node.
-
-Two operators (``torch.library.custom_op``), each with a fake (meta) implementation:
-
-* ``sparse_transformer::attention(q, k, v, key, scale) -> (out, lse)``
-* ``sparse_transformer::attention_backward(q, k, v, out, lse, dout, key, scale) -> (dq, dk, dv)``
-
-joined by ``register_autograd``, and the same pair on the fused projection (what the model calls):
-
-* ``sparse_transformer::attention_qkv(qkv, key, scale, heads, qk_width) -> (out, lse)``: ``qkv``
-  (batch, seq, 2 * qk_width + d_v) as the QKV projection gives it, ``out`` (batch, seq, d_v) as the
-  output projection reads it; the backward returns the QKV projection's gradient in one tensor,
-  which the Triton kernels write in place (no transposing copies around the attention).
-
-Under ``torch.compile`` the operators' outputs have one layout whatever the backend (a fake
-implementation must give the strides the real one returns; eager calls keep the backend's own): the attention output (batch, heads, seq, ·) is laid out as (batch, seq, heads, ·),
-what the output projection reads; gradients as ``torch.empty_like`` lays out their inputs. :func:`attention` calls the operator when ``torch.compile`` traces
-it; eager calls take the same route through a plain autograd function, which saves the custom
-op's dispatcher overhead (measured with ``benchmarks/lab/host_overhead.py``). The pattern travels as ``key``: a plain int naming an interned
-(backend, per-head patterns) pair (:func:`register`). Dynamo sees a constant, so it never traces the
-planning, table or launch code (the source of the graph breaks and recompiles before), and Inductor
-fuses everything around the node. The implementation resolves the key to the dispatcher's cached
-route for (n, heads, device) and runs that backend's ``forward`` / ``backward``: the float64
-``reference``, the PyTorch ``torch`` path and the fused ``triton`` kernels all go through here. The
-two that are already PyTorch operators of their own (causal SDPA for all-dense heads on CUDA, and
-FlexAttention) are called directly by :func:`sparse_transformer.kernels.sparse_attention`.
+"""The attention as registered PyTorch operators, so ``torch.compile`` sees one opaque node:
+``sparse_transformer::attention(q, k, v, key, scale) -> (out, lse)`` and ``attention_backward``, and the
+same pair on the fused QKV projection (``attention_qkv``, ``attention_qkv_backward``), each with a fake
+implementation, joined by ``register_autograd``; eager calls take the same route through plain autograd
+functions. ``key`` is an int naming an interned (backend, per-head patterns) pair (:func:`register`).
+Design: ``docs/kernels.md`` ("Dispatch and the registered operator").
 """
 
 from __future__ import annotations
@@ -40,8 +20,8 @@ _INDEX: dict[tuple[str, object], int] = {}
 
 
 def register(backend: str, pattern_source) -> int:
-    """The op key of (backend, one pattern or a tuple of per-head patterns); equal pairs share a
-    key, so a key is valid for the life of the process."""
+    """The op key of (backend, one pattern or a tuple of per-head patterns); equal pairs share a key,
+    valid for the life of the process."""
     item = (backend, pattern_source)
     key = _INDEX.get(item)
     if key is None:
@@ -58,21 +38,21 @@ def source(key: int) -> tuple[str, object]:
 
 
 def _route(key: int, x: torch.Tensor, heads: int | None = None):
-    """The dispatcher's cached route (plans, kernel tables) for ``key`` and a (batch, heads, seq, d)
-    tensor, or a (batch, seq, width) one with ``heads`` given."""
+    """The dispatcher's cached route for ``key`` and a (batch, heads, seq, d) tensor, or a (batch, seq, width)
+    one with ``heads`` given."""
     from . import _route as route
 
     h, n = (heads, x.shape[1]) if x.dim() == 3 else (x.shape[1], x.shape[2])
     return route(key, h, n, x.device)
 
 
-def _lse_dtype(q: torch.Tensor) -> torch.dtype:
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
+def work_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of softmax statistics and the log-sum-exp: float32 (float64 for float64 inputs)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def heads_inner(shape, like: torch.Tensor) -> torch.Tensor:
-    """An empty (batch, heads, seq, d) tensor laid out as (batch, seq, heads, d): what the output
-    projection reads (``like``'s dtype and device)."""
+    """An empty (batch, heads, seq, d) tensor laid out as (batch, seq, heads, d), like ``like``'s dtype and device."""
     b, h, n, d = shape
     return like.new_empty(b, n, h, d).transpose(1, 2)
 
@@ -113,20 +93,13 @@ def _attention(
 
 @_attention.register_fake
 def _(q, k, v, key, scale):
-    out = heads_inner((*q.shape[:3], v.shape[-1]), q)
-    return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
+    return heads_inner((*q.shape[:3], v.shape[-1]), q), q.new_empty(q.shape[:3], dtype=work_dtype(q))
 
 
 @torch.library.custom_op("sparse_transformer::attention_backward", mutates_args=())
 def _attention_backward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    dout: torch.Tensor,
-    key: int,
-    scale: float,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
+    key: int, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grads = _route(key, q).backward(q, k, v, out, lse, dout, scale)
     return tuple(_like(g, x) for g, x in zip(grads, (q, k, v)))
@@ -138,8 +111,7 @@ def _(q, k, v, out, lse, dout, key, scale):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key, scale = inputs
-    out, lse = output
+    (q, k, v, key, scale), (out, lse) = inputs, output
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.key, ctx.scale = key, scale
     ctx.mark_non_differentiable(lse)
@@ -147,8 +119,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _attention_backward(q, k, v, out, lse, dout, ctx.key, ctx.scale)
-    return dq, dk, dv, None, None
+    return (*_attention_backward(q, k, v, out, lse, dout, ctx.key, ctx.scale), None, None)
 
 
 _attention.register_autograd(_backward, setup_context=_setup_context)
@@ -176,14 +147,13 @@ def _qkv_backward(qkv, out, lse, dout, route, scale: float, heads: int, qk_width
 def _attention_qkv(
     qkv: torch.Tensor, key: int, scale: float, heads: int, qk_width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    out, lse = _qkv_forward(qkv, _route(key, qkv, heads), scale, heads, qk_width)
-    return out, lse
+    return _qkv_forward(qkv, _route(key, qkv, heads), scale, heads, qk_width)
 
 
 @_attention_qkv.register_fake
 def _(qkv, key, scale, heads, qk_width):
     b, n, width = qkv.shape
-    return qkv.new_empty(b, n, width - 2 * qk_width), qkv.new_empty(b, heads, n, dtype=_lse_dtype(qkv))
+    return qkv.new_empty(b, n, width - 2 * qk_width), qkv.new_empty(b, heads, n, dtype=work_dtype(qkv))
 
 
 @torch.library.custom_op("sparse_transformer::attention_qkv_backward", mutates_args=())
@@ -200,8 +170,7 @@ def _(qkv, out, lse, dout, key, scale, heads, qk_width):
 
 
 def _qkv_setup_context(ctx, inputs, output):
-    qkv, key, scale, heads, qk_width = inputs
-    out, lse = output
+    (qkv, key, scale, heads, qk_width), (out, lse) = inputs, output
     ctx.save_for_backward(qkv, out, lse)
     ctx.args = key, scale, heads, qk_width
     ctx.mark_non_differentiable(lse)
@@ -233,9 +202,8 @@ class QKVFunction(torch.autograd.Function):
 
 
 def attention_qkv(qkv: torch.Tensor, key: int, scale: float, heads: int, qk_width: int) -> torch.Tensor:
-    """Attention on the fused projection ``qkv`` (batch, seq, 2 * qk_width + d_v) for a registered
-    ``key``: (batch, seq, d_v), laid out for the output projection; the operator under
-    ``torch.compile``, :class:`QKVFunction` in eager mode."""
+    """Attention on the fused projection ``qkv`` (batch, seq, 2 * qk_width + d_v) for a registered ``key``:
+    (batch, seq, d_v); the operator under ``torch.compile``, :class:`QKVFunction` in eager mode."""
     if torch.compiler.is_compiling():
         return _attention_qkv(qkv, key, scale, heads, qk_width)[0]
     return QKVFunction.apply(qkv, _route(key, qkv, heads), scale, heads, qk_width)
@@ -243,8 +211,8 @@ def attention_qkv(qkv: torch.Tensor, key: int, scale: float, heads: int, qk_widt
 
 @dataclass(frozen=True)
 class PlanRoute:
-    """A backend's ``forward(q, k, v, plan, scale)`` and ``backward(q, k, v, out, lse, dout, plan,
-    scale)`` bound to one plan (or kernel tables): a route for :class:`RouteFunction`."""
+    """A backend's ``forward`` and ``backward`` bound to one plan (or kernel tables): a route for
+    :class:`RouteFunction`."""
 
     fwd: Callable
     bwd: Callable
@@ -259,10 +227,8 @@ class PlanRoute:
 
 
 class RouteFunction(torch.autograd.Function):
-    """``apply(q, k, v, route, scale)`` for any ``route`` with ``forward(q, k, v, scale) -> (out,
-    lse)`` and ``backward(q, k, v, out, lse, dout, scale) -> (dq, dk, dv)``: the same forward and
-    backward as the operator, without the dispatcher round trips of a Python custom op (about 35 us
-    forward and 100 us forward + backward of host time per call on the CI machine)."""
+    """``apply(q, k, v, route, scale)`` for any ``route`` with ``forward(q, k, v, scale) -> (out, lse)``
+    and ``backward(q, k, v, out, lse, dout, scale) -> (dq, dk, dv)``: the operator without its dispatcher."""
 
     @staticmethod
     def forward(ctx, q, k, v, route, scale: float):
@@ -279,8 +245,8 @@ class RouteFunction(torch.autograd.Function):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key: int, scale: float) -> torch.Tensor:
-    """Attention (batch, heads, seq, head_dim_v) for a registered ``key``: the operator under
-    ``torch.compile`` (and export), the same route through an autograd function in eager mode."""
+    """Attention (batch, heads, seq, head_dim_v) for a registered ``key``: the operator under ``torch.compile``
+    (and export), :class:`RouteFunction` in eager mode."""
     if torch.compiler.is_compiling():
         return _attention(q, k, v, key, scale)[0]
     return RouteFunction.apply(q, k, v, _route(key, q), scale)

@@ -1,6 +1,5 @@
-"""The oracle: dense masked attention, O(N^2) time and memory. Slow on purpose, exact on purpose.
-
-Every other backend is tested against this one (in float64, ``upcast=True``).
+"""The oracle: dense masked attention, O(N^2) time and memory, slow and exact on purpose. Every other
+backend is tested against this one (in float64, ``upcast=True``).
 """
 
 from __future__ import annotations
@@ -13,23 +12,16 @@ from ..patterns import BlockPlan, Pattern
 
 
 def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    plan: Pattern | BlockPlan,
-    scale: float | None = None,
-    *,
-    upcast: bool = True,
-    return_lse: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Pattern | BlockPlan, scale: float | None = None, *,
+    upcast: bool = True, return_lse: bool = False,
 ):
     """Dense masked causal attention for one pattern shared by all heads.
 
-    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); returns
-    (batch, heads, seq, head_dim_v) in q's dtype (and the (batch, heads, seq) float32/64 log-sum-exp
-    of the scaled scores with ``return_lse``). ``plan`` is a pattern or a block plan of one.
-    ``upcast`` computes in float32 (float64 stays float64); without it the scores, softmax and
-    products run in the input dtype, which is what the tolerance rule's ``ref_lowprec`` needs.
-    A query with no allowed key (possible for ``summary`` alone) gets a zero output.
+    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); returns (batch, heads, seq,
+    head_dim_v) in q's dtype (and the (batch, heads, seq) float32/64 log-sum-exp of the scaled scores with
+    ``return_lse``). ``plan`` is a pattern or a block plan of one. ``upcast`` computes in float32 (float64
+    stays float64); without it the scores, softmax and products run in the input dtype, which is what the
+    tolerance rule's ``ref_lowprec`` needs. A query with no allowed key (``summary`` alone) gets zeros.
     """
     pattern = plan.pattern if isinstance(plan, BlockPlan) else plan
     n, d = q.shape[-2], q.shape[-1]

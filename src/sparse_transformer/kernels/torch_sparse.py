@@ -1,10 +1,5 @@
-"""Pure-PyTorch block-sparse attention driven by a block plan: O(N·sqrt(N)) for the factorized patterns.
-
-No N x N tensor is ever built. For each segment of the plan, query tiles are processed in chunks:
-the chunk's keys are gathered tile by tile from the plan's layout, scores are computed only for the
-visited tiles (masked element by element only where the plan says so), and the softmax runs in
-float32. The backward pass recomputes each chunk from the saved output and log-sum-exp
-(FlashAttention-style), so memory stays at one chunk whatever the sequence length.
+"""Pure-PyTorch block-sparse attention driven by a block plan: O(N·sqrt(N)) for the factorized patterns, no
+N x N tensor, query tiles in chunks of bounded size (``docs/kernels.md``, "The torch backend").
 """
 
 from __future__ import annotations
@@ -14,6 +9,7 @@ import math
 import torch
 
 from ..patterns import BlockPlan, Segment
+from .op import PlanRoute, RouteFunction, work_dtype
 
 # Largest score tensor (elements) one chunk may build; a few such tensors live at once.
 CHUNK_ELEMENTS = 1 << 23
@@ -38,11 +34,8 @@ def _chunks(seg: Segment, rows: int):
 
 
 def _chunk_geometry(seg: Segment, t0: int, t1: int, width: int):
-    """Query positions (C, B), key positions (C, W*B) and the (C, B, W*B) allowed mask.
-
-    Visits the plan marks full are allowed wholesale; the predicate is evaluated only on the
-    partial visits' (B, B) tiles.
-    """
+    """Query positions (C, B), key positions (C, W*B) and the (C, B, W*B) allowed mask (the predicate
+    evaluated only on the partial visits' tiles)."""
     qpos = seg.q_tiles[t0:t1]
     lay = seg.layout[t0:t1, :width]
     ent = seg.entry_pred[t0:t1, :width]
@@ -54,11 +47,6 @@ def _chunk_geometry(seg: Segment, t0: int, t1: int, width: int):
         if ci.numel():
             allowed[ci, :, wi, :] = pred(qpos[ci][:, :, None], kpos[ci, wi][:, None, :])
     return qpos, kpos.reshape(c, width * b), allowed.view(c, b, width * b)
-
-
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    """Softmax statistics and products in float32 (float64 inputs stay float64)."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _gather(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -78,7 +66,7 @@ def _segment_forward(q, k, v, seg: Segment, scale: float):
     """Unnormalised pass: per-query output (already normalised within the segment) and lse."""
     bsz, h, n, _ = q.shape
     dv = v.shape[-1]
-    wt = _work_dtype(q)
+    wt = work_dtype(q)
     out = q.new_zeros(bsz, h, n + 1, dv, dtype=wt)
     lse = q.new_full((bsz, h, n + 1), float("-inf"), dtype=wt)
     for t0, t1, width in _chunks(seg, bsz * h):
@@ -107,8 +95,8 @@ def _put(dst: torch.Tensor, pos: torch.Tensor, src: torch.Tensor, n: int) -> Non
     dst[:, :, idx] = src[:, :, valid]
 
 
-def _merge(parts):
-    """Combine per-segment (normalised output, lse) over disjoint key sets."""
+def merge_parts(parts):
+    """Combine per-segment (normalised output, lse) over disjoint key sets (also the flex backend's)."""
     if len(parts) == 1:
         return parts[0]
     lses = torch.stack([lse for _, lse in parts])
@@ -124,16 +112,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, 
     """(out, lse): out (batch, heads, seq, head_dim_v) in q's dtype, lse (batch, heads, seq) in the
     work dtype (float32; float64 for float64 inputs). Both contiguous."""
     with torch.autocast(q.device.type, enabled=False):  # the kernel manages its precision
-        out, lse = _merge([_segment_forward(q, k, v, seg, scale) for seg in plan.segments])
+        out, lse = merge_parts([_segment_forward(q, k, v, seg, scale) for seg in plan.segments])
     return out.to(q.dtype).contiguous(), lse.contiguous()
 
 
 def backward(q, k, v, out, lse, dout, plan: BlockPlan, scale: float):
-    """dQ, dK, dV from the saved output and log-sum-exp, chunk by chunk (each chunk's scores are
-    recomputed; nothing of size N x N exists)."""
+    """dQ, dK, dV from the saved output and log-sum-exp, chunk by chunk (scores recomputed)."""
     with torch.autocast(dout.device.type, enabled=False):
         bsz, h, n, d = q.shape
-        wt = _work_dtype(q)
+        wt = work_dtype(q)
         dq = q.new_zeros(bsz, h, n + 1, d, dtype=wt)
         dk = q.new_zeros(bsz, h, n + 1, d, dtype=wt)
         dv = q.new_zeros(bsz, h, n + 1, v.shape[-1], dtype=wt)
@@ -154,19 +141,12 @@ def backward(q, k, v, out, lse, dout, plan: BlockPlan, scale: float):
                 ds = ds.sub_(dg[..., None]).mul_(p).mul_(scale)
                 _scatter_add(dq, qpos, torch.matmul(ds, kg))
                 _scatter_add(dk, kpos, torch.matmul(ds.transpose(-1, -2), qg))
-    return tuple(
-        g[:, :, :n].to(x.dtype).contiguous() for g, x in ((dq, q), (dk, k), (dv, v))
-    )
+    return tuple(g[:, :, :n].to(x.dtype).contiguous() for g, x in ((dq, q), (dk, k), (dv, v)))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float | None = None):
-    """Block-sparse attention for one plan shared by all heads.
-
-    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plan`` from
-    ``pattern.plan(seq, block, device)``. Returns (batch, heads, seq, head_dim_v) in q's dtype,
-    differentiable in q, k and v (:func:`forward`, :func:`backward`).
-    """
-    from .op import PlanRoute, RouteFunction
-
+    """Block-sparse attention for one plan shared by all heads: q, k (batch, heads, seq, head_dim), v (batch,
+    heads, seq, head_dim_v), ``plan`` from ``pattern.plan(seq, block, device)`` -> (batch, heads, seq,
+    head_dim_v) in q's dtype, differentiable in q, k and v (:func:`forward`, :func:`backward`)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return RouteFunction.apply(q, k, v, PlanRoute(forward, backward, plan), scale)

@@ -1,9 +1,6 @@
-"""The Triton backend's host side: forward and backward over kernel tables, and the public wrappers.
-
-``forward_tables`` / ``backward_tables`` launch the kernels of :mod:`.kernels` over prepared
-:class:`~.tables.KernelTables` (under the tables' launch policy); ``attention`` /
-``attention_multihead`` / ``attention_tables`` are the differentiable entry points (the autograd
-function is the dispatcher's :class:`~sparse_transformer.kernels.op.RouteFunction`).
+"""The Triton backend's host side: ``forward_tables`` / ``backward_tables`` launch the kernels over prepared
+:class:`~.tables.KernelTables`; ``attention``, ``attention_multihead`` and ``attention_tables`` are the
+differentiable entry points (through :class:`~sparse_transformer.kernels.op.RouteFunction`).
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ import os
 import torch
 
 from ...patterns import BlockPlan
-from ..op import heads_inner
+from ..op import PlanRoute, RouteFunction, heads_inner
 from .launcher import kernels
 from .policy import LaunchPolicy
 from .tables import KernelTables, kernel_tables
@@ -52,7 +49,16 @@ def _pow2(x: int) -> int:
     return max(16, 1 << (int(x) - 1).bit_length())
 
 
-def _forward(q, k, v, tabs: KernelTables, scale: float):
+def forward_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
+    """(out, lse) over prepared :func:`~.tables.kernel_tables`: out (batch, heads, seq, head_dim_v) in
+    q's dtype, laid out as (batch, seq, heads, head_dim_v), lse (batch, heads, seq) float32 (log2
+    domain). q, k, v may be strided views (last dim contiguous)."""
+    if q.shape[1] != tabs.heads or q.shape[2] != tabs.n:
+        raise ValueError(f"tables built for {tabs.heads} heads and n={tabs.n}, inputs have "
+                         f"{q.shape[1]} heads and n={q.shape[2]}")
+    _check_tensors(q, v)
+    q, k, v = (_last_contiguous(x) for x in (q, k, v))
+    tabs = tabs.fwd_tables
     kern = kernels()
     policy = tabs.policy
     bsz, h, n, d_qk = q.shape
@@ -68,16 +74,20 @@ def _forward(q, k, v, tabs: KernelTables, scale: float):
     return o, lse
 
 
-def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None):
+def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None):
+    """dQ, dK, dV of :func:`forward_tables` from its output and log-sum-exp, written into ``grads``
+    (three (batch, heads, seq, ·) views with a contiguous last dim, e.g. of one QKV gradient) or
+    into new tensors laid out as ``torch.empty_like`` lays out q, k and v."""
+    q, k, v, o, do = (_last_contiguous(x) for x in (q, k, v, o, do))
+    if grads is not None and any(g.stride(-1) != 1 for g in grads):
+        raise ValueError("backward_tables writes gradients with a contiguous last dim")
     kern = kernels()
     policy = tabs.policy
     bsz, h, n, d_qk = q.shape
     d_v = v.shape[-1]
     blk = tabs.block
     direct = policy.direct_launch
-    # Short walks (each query tile visited by few key tiles): rowsum(dO * O) is computed inside the
-    # backward programs, one launch less. Long walks (the fixed pattern's summary columns) would
-    # recompute it for every visit, so they keep the pre-pass.
+    # rowsum(dO * O): inside the backward programs for short walks, a pre-pass for long ones.
     inline_delta = policy.inline_delta(tabs.long_walk, bsz * h * n)
     if inline_delta:
         delta = lse  # not read
@@ -100,29 +110,6 @@ def _backward(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None)
     for r, (items, static) in enumerate(zip(tabs.bwd_rounds, tabs.bwd_static)):
         kern.bwd_kernel((items.shape[0], bsz), args, (*consts, r > 0), warps, stages, maxnreg, static, direct)  # FOLD
     return dq, dk, dv
-
-
-def forward_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
-    """(out, lse) over prepared :func:`~.tables.kernel_tables`: out (batch, heads, seq, head_dim_v) in
-    q's dtype, laid out as (batch, seq, heads, head_dim_v) (``out.transpose(1, 2)`` is contiguous),
-    lse (batch, heads, seq) float32 (log2 domain). q, k, v may be strided views (last dim
-    contiguous)."""
-    if q.shape[1] != tabs.heads or q.shape[2] != tabs.n:
-        raise ValueError(f"tables built for {tabs.heads} heads and n={tabs.n}, inputs have "
-                         f"{q.shape[1]} heads and n={q.shape[2]}")
-    _check_tensors(q, v)
-    q, k, v = (_last_contiguous(x) for x in (q, k, v))
-    return _forward(q, k, v, tabs.fwd_tables, scale)
-
-
-def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads=None):
-    """dQ, dK, dV of :func:`forward_tables` from its output and log-sum-exp, written into ``grads``
-    (three (batch, heads, seq, ·) views with a contiguous last dim, e.g. of one QKV gradient) or
-    into new tensors laid out as ``torch.empty_like`` lays out q, k and v."""
-    q, k, v, o, do = (_last_contiguous(x) for x in (q, k, v, o, do))
-    if grads is not None and any(g.stride(-1) != 1 for g in grads):
-        raise ValueError("backward_tables writes gradients with a contiguous last dim")
-    return _backward(q, k, v, o, lse, do, tabs, scale, grads)
 
 
 def forward(q, k, v, plan: BlockPlan, scale: float):
@@ -155,10 +142,8 @@ def _check_plans(n: int, plans: list[BlockPlan]) -> None:
 
 
 def attention_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: KernelTables, scale: float):
-    """Differentiable attention over prepared :func:`~.tables.kernel_tables` (checks the tensors
-    against the tables, then :func:`forward_tables`; the backward is :func:`backward_tables`)."""
-    from ..op import PlanRoute, RouteFunction
-
+    """Differentiable attention over prepared :func:`~.tables.kernel_tables` (:func:`forward_tables`,
+    :func:`backward_tables`)."""
     return RouteFunction.apply(q, k, v, PlanRoute(forward_tables, backward_tables, tabs), scale)
 
 
@@ -166,13 +151,10 @@ def attention_multihead(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: list[BlockPlan], scale: float | None = None,
     policy: LaunchPolicy | None = None,
 ) -> torch.Tensor:
-    """Block-sparse attention with one plan per head, all heads in the same launches.
-
-    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plans``: ``heads``
-    plans of one sequence length (``pattern.plan(seq, block, device)``). Returns (batch, heads, seq,
-    head_dim_v) in q's dtype; differentiable in q, k and v. float16, bfloat16, float32 (tf32 dots).
-    ``policy``: the launch policy (default: :func:`~.policy.default_policy`).
-    """
+    """Block-sparse attention with one plan per head, all heads in the same launches: q, k (batch, heads,
+    seq, head_dim), v (batch, heads, seq, head_dim_v) -> (batch, heads, seq, head_dim_v) in q's dtype,
+    differentiable; float16, bfloat16, float32 (tf32 dots). ``plans``: ``heads`` plans of one sequence
+    length; ``policy``: the launch policy (default: :func:`~.policy.default_policy`)."""
     if len(plans) != q.shape[1]:
         raise ValueError(f"got {len(plans)} plans for {q.shape[1]} heads")
     _check_tensors(q, v)
@@ -185,10 +167,6 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float | None = None,
     policy: LaunchPolicy | None = None,
 ) -> torch.Tensor:
-    """Block-sparse attention for one plan shared by all heads.
-
-    q, k: (batch, heads, seq, head_dim); v: (batch, heads, seq, head_dim_v); ``plan`` from
-    ``pattern.plan(seq, block, device)`` (block a power of two >= 16). Returns (batch, heads, seq,
-    head_dim_v) in q's dtype; differentiable in q, k and v. float16, bfloat16, float32 (tf32 dots).
-    """
+    """:func:`attention_multihead` with one plan (block a power of two >= 16) shared by all heads: q, k
+    (batch, heads, seq, head_dim), v (batch, heads, seq, head_dim_v) -> (batch, heads, seq, head_dim_v)."""
     return attention_multihead(q, k, v, [plan] * q.shape[1], scale, policy)

@@ -1,16 +1,7 @@
-"""The ``@triton.jit`` kernels of the Triton backend (importing this imports Triton).
-
-After Triton's fused-attention tutorial: each walk (the forward's and the dQ programs' walk of a
-query tile over its key tiles, the dK/dV programs' walk of a key tile over the query tiles that see
-it) is one inner-loop helper, called once per visit kind (``VISIT_KINDS`` of :mod:`.tables`:
-contiguous fast, fast, causal, mask tile, gathered) with the kind as a compile-time parameter, so
-each kind compiles to a loop of its own (no mask, no gather, no row checks where the kind needs
-none). Kernels: ``fwd_kernel``, ``delta_kernel`` (rowsum(dO * O) for long walks; short walks
-compute it inside the backward) and ``bwd_kernel`` (dK/dV and dQ programs in one launch), the
-forward and backward launched once per round of tiles (:mod:`.tables`): later rounds fold their
-result into the rows the earlier ones wrote.
-Scores live in the log2 domain (``qk_scale = scale * log2(e)``, exp2); the saved log-sum-exp is
-log2-based too. Table layouts: :mod:`.tables`.
+"""The ``@triton.jit`` kernels of the Triton backend (importing this imports Triton): ``fwd_kernel``,
+``delta_kernel`` and ``bwd_kernel``, each walk one helper called once per visit kind (a compile-time
+parameter). Scores and the saved log-sum-exp are in the log2 domain (``qk_scale = scale * log2(e)``).
+Design: ``docs/kernels.md``; table layouts: :mod:`.tables`.
 """
 
 from __future__ import annotations
@@ -25,15 +16,12 @@ CAUSAL_TILE = tl.constexpr(2)  # progressions, plain causality
 MASK_TILE = tl.constexpr(3)  # progressions under a mask of the plan's bank
 GATHERED = tl.constexpr(4)  # padding or position-table rows: the general path
 
-# ---------------------------------------------------------------------------------------------
-# Tile rows and element masks
-# ---------------------------------------------------------------------------------------------
+# --- Tile rows and element masks ---
 
 
 @triton.jit
 def _rows_from(start, shift, step_in, step_out, pos_row, c0, R: tl.constexpr):
-    """Original positions of a tile's rows c0 .. c0+R-1: two-level arithmetic progression, or
-    gathered from the tile's position-table row (start < 0)."""
+    """Positions of a tile's rows c0 .. c0+R-1: its descriptor's progression, or its position-table row (start < 0)."""
     offs = c0 + tl.arange(0, R)
     progression = start + (offs >> shift) * step_out + (offs & ((1 << shift) - 1)) * step_in
     gathered = tl.load(pos_row + offs, mask=(offs * 0 + start) < 0, other=-1)
@@ -42,8 +30,7 @@ def _rows_from(start, shift, step_in, step_out, pos_row, c0, R: tl.constexpr):
 
 @triton.jit
 def _work_item(items, H, WIDTH: tl.constexpr):
-    """This program's (batch, head, tile, batch * H + head): batch from the grid's second axis,
-    (head, tile) from entry ``program_id(0)`` of the work list (WIDTH ints per entry)."""
+    """This program's (batch, head, tile, batch * H + head): batch from grid axis 1, (head, tile) from the work list."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.load(items + WIDTH * pid).to(tl.int64)
@@ -59,10 +46,8 @@ def _tile_rows(desc, pos, t, BLOCK: tl.constexpr):
 
 @triton.jit
 def _visited_rows(vis, pos, e, c0, BLOCK: tl.constexpr, R: tl.constexpr, KIND: tl.constexpr):
-    """Rows c0 .. c0+R-1 of the tile named by visit ``e`` (its descriptor is stored inline in the
-    visit). Contiguous tiles: start + c0 + 0..R-1 with start a multiple of 16 (checked on the host)
-    and c0 a multiple of R, so the compiler knows the loads are contiguous and aligned. Other fast,
-    causal and mask-tile visits: always a progression, no table gather. Gathered: the general form."""
+    """Rows c0 .. c0+R-1 of the tile named by visit ``e`` (descriptor inline in the visit), in the
+    cheapest form its kind allows (contiguous and 16-aligned, a progression, or the general form)."""
     vp = vis + e * 6
     if KIND == CONTIGUOUS:
         rows = tl.multiple_of(tl.load(vp + 2), 16) + c0 + tl.arange(0, R)
@@ -94,8 +79,7 @@ def _load_rows(base, rows, stride, offs_d, D: tl.constexpr, BD: tl.constexpr, RO
 
 @triton.jit
 def _query_key(own, rows, TRANS: tl.constexpr):
-    """(query positions, key positions) broadcast to the score tile of a visit: (queries, keys) when
-    the program's own tile holds the queries, (keys, queries) with TRANS (its own tile holds keys)."""
+    """(query, key) positions broadcast to a visit's score tile: (queries, keys), or (keys, queries) with TRANS."""
     if TRANS:
         return rows[None, :], own[:, None]
     else:
@@ -104,9 +88,8 @@ def _query_key(own, rows, TRANS: tl.constexpr):
 
 @triton.jit
 def _mask_bits(masks, code, c0, BLOCK: tl.constexpr, TRANS: tl.constexpr, R: tl.constexpr):
-    """Columns c0 .. c0+R-1 (R = BLOCK: all) of mask tile ``code`` from its bit words ((M, 2,
-    BLOCK, W) int64, row r's column c at bit c % 64 of word c // 64; R <= 64 columns lie in one
-    word): one word load per row, then shifts in the score tile's own layout."""
+    """Columns c0 .. c0+R-1 of mask tile ``code`` from its (M, 2, BLOCK, W) int64 bit words: one
+    word load per row, then shifts in the score tile's own layout."""
     offs = tl.arange(0, BLOCK)
     if BLOCK <= 64:
         word = tl.load(masks + (code * 2 + TRANS) * BLOCK + offs)
@@ -129,10 +112,8 @@ def _mask_bits(masks, code, c0, BLOCK: tl.constexpr, TRANS: tl.constexpr, R: tl.
 @triton.jit
 def _visit_mask(vis, masks, e, own, rows, c0, BLOCK: tl.constexpr, R: tl.constexpr, KIND: tl.constexpr,
                 TRANS: tl.constexpr):
-    """Element mask of visit ``e`` whose visited tile's rows c0 .. c0+R-1 are ``rows`` (the program's
-    own tile: ``own``), as (queries, keys), or (keys, queries) with TRANS (a key tile's walk); 0
-    (unused) for the fast kinds. A gathered visit's code: -1 every pair, -2 causal, m >= 0 the
-    plan's mask tile m (padding and causality included); padding rows (-1) are masked for -1/-2."""
+    """Element mask of visit ``e`` (visited rows ``rows``, own rows ``own``; (keys, queries) with TRANS),
+    0 for the fast kinds. Codes: -1 every pair, -2 causal, m >= 0 mask tile m; padding rows masked."""
     if KIND < CAUSAL_TILE:
         ok = 0
     elif KIND == CAUSAL_TILE:
@@ -152,8 +133,7 @@ def _visit_mask(vis, masks, e, own, rows, c0, BLOCK: tl.constexpr, R: tl.constex
 
 @triton.jit
 def _kind_range(ptr, split, t, KIND: tl.constexpr, NSUB: tl.constexpr):
-    """Steps [lo, hi) of tile ``t``'s visits of kind KIND (``VISIT_KINDS`` order), NSUB steps a visit:
-    its list runs from ptr[t] to ptr[t + 1], split[t] holding where the first four kinds end."""
+    """Steps [lo, hi) of tile ``t``'s visits of kind KIND, NSUB steps a visit (CSR ``ptr``, ``split``)."""
     first = tl.load(ptr + t)
     if KIND == 0:
         lo = first
@@ -168,9 +148,8 @@ def _kind_range(ptr, split, t, KIND: tl.constexpr, NSUB: tl.constexpr):
 
 @triton.jit
 def _store_rows(x_base, stride_xn, x, rows, add, offs_d, D: tl.constexpr, FOLD: tl.constexpr):
-    """A tile's float32 result rows to their positions (row stride ``stride_xn`` from ``x_base``, the
-    (batch, head) start of the output), padding rows (-1) skipped. FOLD (rounds after the first):
-    rows whose ``add`` flag is set hold an earlier round's partial sum, added to."""
+    """A tile's float32 result rows to their positions, padding rows skipped; with FOLD, added to the
+    rows whose ``add`` flag marks an earlier round's partial sum."""
     mask = (rows >= 0)[:, None] & (offs_d < D)[None, :]
     ptrs = x_base + rows.to(tl.int64)[:, None] * stride_xn + offs_d[None, :]
     if FOLD:
@@ -178,15 +157,12 @@ def _store_rows(x_base, stride_xn, x, rows, add, offs_d, D: tl.constexpr, FOLD: 
     tl.store(ptrs, x.to(x_base.dtype.element_ty), mask=mask)
 
 
-# ---------------------------------------------------------------------------------------------
-# Forward
-# ---------------------------------------------------------------------------------------------
+# --- Forward ---
 
 
 @triton.jit
 def _softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, MASKED: tl.constexpr):
-    """One visit of the forward: scores, online softmax update (log2 domain; the scale is applied
-    inside the exponent's multiply-add, not as a separate pass over the scores)."""
+    """One visit of the forward: scores, online softmax update (log2 domain, scale in the exponent)."""
     s = tl.dot(q, tl.trans(k))
     if MASKED:
         s = tl.where(ok, s, float("-inf"))
@@ -225,8 +201,7 @@ def fwd_kernel(
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     FOLD: tl.constexpr,
 ):
-    """A query tile's output and log2-sum-exp: online softmax over its visit list, kind by kind. In
-    rounds after the first, merged (log-sum-exp weights) with what earlier rounds wrote for its rows."""
+    """A query tile's output and log2-sum-exp over its visit list; with FOLD, merged with earlier rounds'."""
     b, h, t, bh = _work_item(items, H, 2)
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BD)
@@ -265,9 +240,7 @@ def fwd_kernel(
     tl.store(lse_ptrs, lse, mask=valid)
 
 
-# ---------------------------------------------------------------------------------------------
-# Backward
-# ---------------------------------------------------------------------------------------------
+# --- Backward ---
 
 
 @triton.jit
@@ -314,8 +287,7 @@ def _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, 
                bvis, qpos, masks, lo, hi, qk_scale, offs_d, offs_dv,
                BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KIND: tl.constexpr):
-    """Steps lo .. hi-1 of a key tile's walk over its visits of one kind, each visited query tile in
-    BLOCK // QSUB steps of QSUB rows: accumulate dK (unscaled) and dV, in (keys, queries) layout."""
+    """A key tile's steps lo .. hi-1 (QSUB query rows each) of one kind: dK (unscaled) and dV."""
     NSUB: tl.constexpr = BLOCK // QSUB
     for i in range(lo, hi):
         e = i // NSUB
@@ -337,8 +309,7 @@ def _dkdv_walk(dk, dv, k, v, kj, q_base, do_base, o_base, lse_base, delta_base, 
 def _dq_walk(dq, q, do, lse, delta, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, lo, hi, qk_scale,
              offs_d, offs_dv, BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
              BDV: tl.constexpr, KSUB: tl.constexpr, KIND: tl.constexpr):
-    """Steps lo .. hi-1 of a query tile's walk over its visits of one kind, each visited key tile in
-    BLOCK // KSUB steps of KSUB rows: accumulate dQ (unscaled)."""
+    """A query tile's steps lo .. hi-1 (KSUB key rows each) of one kind: dQ (unscaled)."""
     NSUB: tl.constexpr = BLOCK // KSUB
     for i in range(lo, hi):
         e = i // NSUB
@@ -361,8 +332,7 @@ def _dkdv_program(k_base, v_base, dk_base, dv_base, q_base, do_base, o_base, lse
                   tile, qpos, kdesc, kpos, kadd, bvis, bptr, bsplit, masks, scale, qk_scale,
                   BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                   INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, FOLD: tl.constexpr):
-    """dK, dV of key tile ``tile``: walk the query tiles that see it (its transposed visit list),
-    kind by kind, each in steps of QSUB rows."""
+    """dK, dV of key tile ``tile``: its transposed visit list, kind by kind, in steps of QSUB rows."""
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     kj = _tile_rows(kdesc, kpos, tile, BLOCK)
@@ -388,8 +358,7 @@ def _dq_program(k_base, v_base, dq_base, q_base, do_base, o_base, lse_base, delt
                 tile, qdesc, qpos, qadd, kpos, fvis, fptr, fsplit, masks, scale, qk_scale,
                 BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                 INLINE_DELTA: tl.constexpr, KSUB: tl.constexpr, FOLD: tl.constexpr):
-    """dQ of query tile ``tile``: walk its visit list again, kind by kind, each visited key tile in
-    steps of KSUB rows."""
+    """dQ of query tile ``tile``: its visit list again, kind by kind, in steps of KSUB rows."""
     offs_d = tl.arange(0, BD)
     offs_dv = tl.arange(0, BDV)
     qi = _tile_rows(qdesc, qpos, tile, BLOCK)
@@ -417,11 +386,8 @@ def bwd_kernel(
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     INLINE_DELTA: tl.constexpr, QSUB: tl.constexpr, KSUB: tl.constexpr, FOLD: tl.constexpr,
 ):
-    """One launch: item kind 0 computes a key tile's dK, dV (walking the query tiles that see it, in
-    steps of QSUB rows); kind 1 a query tile's dQ (its key tiles in steps of KSUB rows); with FOLD
-    (rounds after the first) they add to the earlier rounds' sums. Every tensor but LSE/DELTA is read or
-    written through its (batch, head, row) strides; with
-    INLINE_DELTA, DELTA is not read (no pre-pass ran). DV_ points to dV (DV is its head dim)."""
+    """One launch: work item kind 0 computes a key tile's dK, dV, kind 1 a query tile's dQ. With
+    INLINE_DELTA, DELTA is not read. DV_ points to dV (DV is its head dim)."""
     b, h, tile, bh = _work_item(items, H, 3)
     q_base = Q + b * stride_qb + h * stride_qh
     k_base = K + b * stride_kb + h * stride_kh

@@ -1,12 +1,5 @@
-"""Launching the ``@triton.jit`` kernels: a fast path on Triton's low-level launcher, with the
-public ``kernel[grid](...)`` launch as the fallback.
-
-The first launch of each specialization goes through Triton; its compiled kernel is kept, and later
-launches with the same specialization call the compiled kernel's own launcher directly (Triton 3.6's
-private ``CompiledKernel.run``), skipping Triton's per-call binder. The fast path is on only where
-:func:`direct_launch_supported` says the private API is as coded, when the caller's policy asks for
-it (``LaunchPolicy.direct_launch``), while no launch hook (a profiler) is set, and until the first
-mismatch (then off for good, logged once).
+"""Launching the ``@triton.jit`` kernels: cached compiled kernels called through Triton's low-level
+launcher, with the public ``kernel[grid](...)`` launch as the fallback (``docs/kernels.md``, "Launches").
 """
 
 from __future__ import annotations
@@ -21,36 +14,24 @@ __all__ = ["DIRECT_LAUNCH_VERSIONS", "Launcher", "direct_launch_supported", "ker
 
 log = logging.getLogger(__name__)
 
-# Triton versions whose low-level launch this module calls directly (read from their
-# runtime/jit.py and compiler/compiler.py): ``CompiledKernel.run(grid_x, grid_y, grid_z, stream,
-# function, packed_metadata, launch_metadata, enter_hook, exit_hook, *all_arguments)``, arguments
-# in signature order, constexprs included. Other versions always take ``kernel[grid](...)``.
+# Triton versions whose ``CompiledKernel.run(grid_x, grid_y, grid_z, stream, function, packed_metadata,
+# launch_metadata, enter_hook, exit_hook, *all_arguments)`` this module calls; others use kernel[grid].
 DIRECT_LAUNCH_VERSIONS = ((3, 6),)
 
 _INT64 = (-(2**63), 2**63)
 
 
 def spec_key(args) -> tuple:
-    """What Triton specializes a compiled kernel on, for the non-constexpr ``args`` of one launch.
-
-    Per argument: a tensor -> (dtype, data pointer 16-byte aligned); a bool -> ("i1", value); an
-    int -> (integer type by range, == 1, divisible by 16); a float -> "fp"; None -> None. Anything
-    else (not expected here) by type and value. Two launches with equal keys (and equal constexprs,
-    warps, stages and device) run the same compiled kernel. The key is at least as fine as Triton's
-    own specialization, never coarser.
-    """
+    """What Triton specializes a compiled kernel on, for the non-constexpr ``args`` of one launch (at least
+    as fine as Triton's own specialization): per tensor (dtype, 16-byte aligned); per bool ("i1", value);
+    per int (type by range, == 1, divisible by 16); "fp" per float; None; else (type name, value)."""
     return _spec(args)[0]
 
 
 def _spec(args) -> tuple[tuple, tuple]:
-    """(:func:`spec_key` of ``args``, ``args`` with every tensor replaced by its data pointer).
-
-    The compiled kernel's launcher takes an int for a pointer argument as it is; a tensor it asks
-    for ``data_ptr()`` and checks with the driver (``cuPointerGetAttribute``), per argument and per
-    launch. Passing the pointers read here for the alignment check skips both.
-    """
-    key = []
-    flat = []
+    """(:func:`spec_key` of ``args``, ``args`` with every tensor replaced by its data pointer, which
+    spares the launcher's ``data_ptr()`` call and driver check per tensor)."""
+    key, flat = [], []
     add = key.append
     put = flat.append
     tensor = torch.Tensor
@@ -108,20 +89,10 @@ def direct_launch_supported(triton_module) -> tuple[bool, str]:
 
 
 class Launcher:
-    """Launches one ``@triton.jit`` kernel: ``launcher(grid, args, consts, warps, stages[, maxnreg, static, direct])``.
-
-    The first launch of each specialization goes through Triton (``kernel[grid](*args, *consts,
-    ...)``: binding, specialization, cache lookup or compile). Its compiled kernel is kept under
-    (constexprs, warps, stages, register cap, device, :func:`spec_key` of ``args`` and of
-    ``static``), and later launches with the same key call the compiled kernel's launcher directly,
-    skipping Triton's per-call binder, with every tensor passed as its data pointer (no per-argument
-    ``data_ptr()`` call and driver check in the launcher). ``consts`` are the kernel's trailing
-    constexpr parameters, positional, in signature order; ``static`` the arguments just before them.
-
-    Off (every launch through Triton) under ``TRITON_INTERPRET=1``, for Triton versions other than
-    :data:`DIRECT_LAUNCH_VERSIONS`, for calls with ``direct=False``, while a launch hook is set (a
-    profiler), and for good after any mismatch (logged once).
-    """
+    """Launches one ``@triton.jit`` kernel: ``launcher(grid, args, consts, warps, stages[, maxnreg, static,
+    direct])``; ``consts`` are the trailing constexpr parameters in signature order, ``static`` the
+    arguments just before them. The first launch of a specialization goes through ``kernel[grid]``,
+    later ones call its compiled kernel directly (when and why: ``docs/kernels.md``, "Launches")."""
 
     state: ClassVar[dict] = {}  # shared by all launchers: "ok" (bool), "reason"; filled on first use
 
@@ -129,8 +100,7 @@ class Launcher:
         self.fn = fn
         self.compiled: dict = {}
         self.static_cache: dict = {}  # id(static tuple) -> (tuple, key, pointers)
-        self.n_direct = 0
-        self.n_triton = 0
+        self.n_direct = self.n_triton = 0
 
     @classmethod
     def _ok(cls) -> bool:
@@ -161,9 +131,8 @@ class Launcher:
 
     def __call__(self, grid: tuple, args: tuple, consts: tuple, num_warps: int, num_stages: int,
                  maxnreg: int | None = None, static: tuple = (), direct: bool = True) -> None:
-        """``static``: trailing arguments that stay the same across calls (the plan's tables), as one
-        tuple object kept by the caller: its key and pointers are computed once per tuple.
-        ``direct=False``: through Triton (the policy's switch)."""
+        """``static``: arguments that stay the same across calls (the tables), one tuple object kept by
+        the caller (keyed once). ``direct=False``: through Triton (the policy's switch)."""
         key = None
         if direct and self._ok():
             st = self.state
@@ -218,7 +187,6 @@ class _Kernels:
     """The kernels of :mod:`.kernels`, each behind a :class:`Launcher`."""
 
     def __init__(self, module):
-        self.module = module
         for name in ("fwd_kernel", "delta_kernel", "bwd_kernel"):
             setattr(self, name, Launcher(getattr(module, name)))
 

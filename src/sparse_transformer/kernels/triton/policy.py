@@ -1,9 +1,6 @@
-"""How the Triton backend launches its kernels: one frozen :class:`LaunchPolicy`.
-
-:func:`default_policy` holds the measured defaults (``docs/kernels.md`` has the figures behind each
-entry). Tests and benchmarks that try another setting build their own policy with
-``dataclasses.replace(default_policy(), ...)`` and pass it to :func:`~.tables.kernel_tables` (the
-tables carry it to every launch); nothing here is patched at run time.
+"""How the Triton backend launches its kernels: one frozen :class:`LaunchPolicy`; :func:`default_policy`
+holds the measured defaults. Another setting: ``dataclasses.replace(default_policy(), ...)`` passed to
+:func:`~.tables.kernel_tables`. Each field and the figures behind it: ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -16,37 +13,15 @@ from types import MappingProxyType
 
 @dataclass(frozen=True, eq=False)
 class LaunchPolicy:
-    """Tile sizes, launch configurations and walk settings of the Triton backend.
+    """Tile sizes, launch configurations and walk settings of the Triton backend (``docs/kernels.md``)."""
 
-    * ``configs``: per (kernel ``"fwd"``/``"bwd"``, tile rows): (num_warps, num_stages for long
-      walks, num_stages for short ones). Deep software pipelines pay off only when a program walks
-      many tiles (the fixed pattern's summary columns); for the local/strided band (1-5 tiles per
-      query tile) the prologue costs more than it hides.
-    * ``maxnreg``: per (kernel, tile rows): ptxas register cap for head dims <= 64 (absent: no cap,
-      which lets a program take 255 registers, two 4-warp programs per multiprocessor).
-    * ``bwd_steps``: per (tile rows, long walk): (query rows per step of a key tile's dK/dV walk,
-      key rows per step of a query tile's dQ walk); absent: whole tiles. Smaller steps shrink the
-      score and dS tiles so the walk fits the register cap without spills.
-    * ``fwd_block_long``: per plan tile size: the tile size the forward of long-walk plans runs on
-      (it keeps only O and the softmax state per row, so larger tiles fit where the backward's do
-      not, and each key tile loaded serves more query rows). Absent: the plan's own tiles.
-    * ``long_walk``: mean visits per query tile from which a plan list counts as a long walk
-      (deeper pipelines, longest walks first, the delta pre-pass); short walks run in position
-      order so that programs running together share their neighbours' tiles in L2.
-    * ``inline_delta_max_rows``: short walks compute rowsum(dO * O) inside the backward (one launch
-      less) while the call has fewer query rows (batch * heads * n) than this; 0: always the
-      pre-pass.
-    * ``direct_launch``: launch cached compiled kernels through Triton's low-level launcher
-      (:mod:`.launcher`) instead of ``kernel[grid](...)`` where the Triton version allows it.
-    """
-
-    configs: Mapping[tuple[str, int], tuple[int, int, int]]
-    maxnreg: Mapping[tuple[str, int], int]
-    bwd_steps: Mapping[tuple[int, bool], tuple[int, int]]
-    fwd_block_long: Mapping[int, int]
-    long_walk: float = 8
-    inline_delta_max_rows: int = 2**20
-    direct_launch: bool = True
+    configs: Mapping[tuple[str, int], tuple[int, int, int]]  # ("fwd"/"bwd", rows): warps, stages long/short
+    maxnreg: Mapping[tuple[str, int], int]  # (kernel, rows): register cap for head dims <= 64; absent: none
+    bwd_steps: Mapping[tuple[int, bool], tuple[int, int]]  # (rows, long walk): dK/dV query, dQ key rows a step
+    fwd_block_long: Mapping[int, int]  # plan tile size -> the long-walk forward's tile size
+    long_walk: float = 8  # mean visits per query tile from which plans count as long walks
+    inline_delta_max_rows: int = 2**20  # short walks compute delta in the backward below this many query rows
+    direct_launch: bool = True  # launch cached compiled kernels directly (.launcher) where Triton allows
 
     def launch_config(self, kernel: str, block: int, head_dim: int, long_walk: bool) -> tuple[int, int, int | None]:
         """(num_warps, num_stages, maxnreg) of ``kernel`` on ``block``-row tiles."""
@@ -65,10 +40,8 @@ class LaunchPolicy:
 
 @functools.cache
 def default_policy() -> LaunchPolicy:
-    """The measured defaults (H100/H200 kernel sweeps, ``docs/kernels.md``): 64-row tiles with 4
-    warps; 64-row programs capped at 168 registers in the backward (three per multiprocessor) and
-    128 in the forward (four); short dK/dV walks in half-tile steps; the fixed pattern's forward on
-    128-row tiles (8 warps, 64-row steps in the backward's walks at that size)."""
+    """The measured defaults (kernel sweeps in ``docs/kernels.md``): 4-warp 64-row tiles capped at 168
+    registers (backward) and 128 (forward), half-tile short dK/dV steps, long-walk forwards on 128 rows."""
     return LaunchPolicy(
         configs=MappingProxyType({
             ("fwd", 16): (2, 2, 2), ("fwd", 32): (4, 2, 2), ("fwd", 64): (4, 3, 1), ("fwd", 128): (8, 2, 2),

@@ -1,29 +1,6 @@
-"""Block plans -> kernel tables (host only: plain PyTorch, no Triton; tested on the CPU).
-
-How a plan becomes work
------------------------
-* A tile's rows are original positions, read through a *descriptor* ``(start, shift, step_in,
-  step_out)``: row r lives at ``start + (r >> shift) * step_out + (r & (2**shift - 1)) * step_in``.
-  That covers contiguous tiles (step 1), strided-transpose tiles (step l: the kernel loads the rows
-  of one residue class directly, no permutation pass), several residue classes per tile and the
-  gathered summary columns (runs of c contiguous rows, one run per l-block). Other tiles (ragged
-  tails) fall back to a per-row index table (``start = -1``).
-* Each query tile has a visit list (CSR) of key tiles, in five kinds (:data:`VISIT_KINDS`) that each
-  walk takes with a loop of its own: *fast* visits (every pair allowed, both tiles progressions: no
-  mask, no gather, the loads pipeline), first those whose visited tile is contiguous, then the
-  others; *causal* visits; *mask-tile* visits; *gathered* ones (padding rows or position-table
-  rows). A visit's mask code is ``FULL`` (-1), ``CAUSAL`` (-2) or ``m >= 0``, tile m of the plan's
-  mask bank (:class:`_MaskBank`: each distinct element mask once, as bit words, evaluated on the host
-  from the plan's predicate). The upper triangle is never visited: the plans list only causal tiles.
-* The transposed lists (for each key tile, the query tiles that visit it) drive the dK/dV walks.
-* Several heads with different plans (the paper's multi-head mode) run in the same launches: each
-  program reads its (head, tile) from a work list.
-* Segments of one plan have disjoint (query, key) pair sets but share positions, and the fixed
-  merged head's gathered summary key tiles share rows with its natural key tiles. Tiles are put in
-  *rounds* (:func:`_rounds`): the tiles of one round hold disjoint rows and run in one launch; a
-  later round folds its result into the rows earlier rounds wrote (forward: log-sum-exp merge of
-  output and log-sum-exp; backward: addition), per-row flags (``qadd``/``kadd``) saying which rows
-  hold an earlier result. Query tiles go in segment order, key tiles longest walk first.
+"""Block plans -> kernel tables (host only: plain PyTorch, no Triton; tested on the CPU): tile
+descriptors, CSR visit lists in five kinds with mask codes, the mask bank, work lists and rounds.
+How a plan becomes work: ``docs/kernels.md`` ("Plan -> tables", "Segments and rounds").
 """
 
 from __future__ import annotations
@@ -44,8 +21,7 @@ VISIT_KINDS = ("contiguous", "fast", "causal", "mask", "gathered")  # the order 
 
 
 def _descriptors(tiles: torch.Tensor) -> torch.Tensor:
-    """(T, 4) int64 (start, shift, step_in, step_out) of each tile, start = -1 where no two-level
-    arithmetic progression fits (then the kernel gathers the rows from the position table)."""
+    """(T, 4) int64 (start, shift, step_in, step_out) of each tile; start = -1 where no progression fits."""
     t, b = tiles.shape
     r = torch.arange(b)
     start = tiles[:, 0]
@@ -60,23 +36,14 @@ def _descriptors(tiles: torch.Tensor) -> torch.Tensor:
         step_out = (tiles[:, run] - start) if run < b else torch.zeros_like(start)
         pred = start[:, None] + (r >> shift)[None, :] * step_out[:, None] + (r & (run - 1))[None, :] * step_in[:, None]
         ok = ~done & (pred == tiles).all(1)
-        out[ok, 0] = start[ok]
-        out[ok, 1] = shift
-        out[ok, 2] = step_in[ok]
-        out[ok, 3] = step_out[ok]
+        out[ok] = torch.stack([start, torch.full_like(start, shift), step_in, step_out], 1)[ok]
         done |= ok
     return out
 
 
 class _MaskBank:
-    """The distinct element masks of a plan's partial visits, each stored once.
-
-    A visit whose pairs are not all allowed gets a mask code: ``CAUSAL`` or ``FULL`` (kept as cheap
-    in-kernel comparisons: plain causality, or only the padding rows masked), otherwise the id of
-    its (block, block) mask in the bank. The masks of the paper's patterns repeat (every local
-    window's first tile, every fixed block's own-summary tile, ...), so the bank stays small: the
-    kernel reads one 64-bit word per row from L2 instead of evaluating the predicate per element.
-    """
+    """The distinct element masks of a plan's partial visits, each stored once; a visit's mask code is
+    ``CAUSAL``, ``FULL`` (only padding masked) or its mask's id (``docs/kernels.md``, "Mask bank")."""
 
     def __init__(self):
         self.ids: dict[bytes, int] = {}
@@ -112,9 +79,7 @@ class _MaskBank:
 
     def stacked(self, block: int) -> torch.Tensor:
         """(M, block, block) bool."""
-        if not self.tiles:
-            return torch.zeros(0, block, block, dtype=torch.bool)
-        return torch.stack(self.tiles)
+        return torch.stack(self.tiles) if self.tiles else torch.zeros(0, block, block, dtype=torch.bool)
 
 
 @dataclass
@@ -138,9 +103,8 @@ class _PlanTables:
 
 
 def _rounds(tiles: torch.Tensor, first: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(round of each tile, (T, B) bool: the row was written in an earlier round). Tiles are taken
-    in the order ``first`` (e.g. longest walk first), each into the first round that holds none of
-    its rows, so the tiles of one round (one launch) write disjoint rows."""
+    """(round of each tile, (T, B) bool: the row was written in an earlier round). Tiles are taken in
+    the order ``first``, each into the first round holding none of its rows."""
     rnd = torch.zeros(tiles.shape[0], dtype=torch.int64)
     rows = tiles[tiles >= 0]
     if rows.numel() == 0 or int(torch.bincount(rows, minlength=n).max()) <= 1:  # no shared row: one round
@@ -165,15 +129,13 @@ def _rounds(tiles: torch.Tensor, first: torch.Tensor, n: int) -> tuple[torch.Ten
 
 def _plan_tables(plan: BlockPlan) -> _PlanTables:
     n = plan.n
-    qdesc, qpos, kdesc, kpos, vis_t, vis_k, vis_m = [], [], [], [], [], [], []
+    qpos, kpos, vis_t, vis_k, vis_m = [], [], [], [], []
     bank = _MaskBank()
     q_off = k_off = 0
     for seg in plan.segments:
         seg = seg.to("cpu")
         tq, tk = seg.q_tiles.shape[0], seg.k_tiles.shape[0]
-        qdesc.append(_descriptors(seg.q_tiles))
         qpos.append(seg.q_tiles)
-        kdesc.append(_descriptors(seg.k_tiles))
         kpos.append(seg.k_tiles)
         # Visits with their mask codes.
         sel = seg.layout >= 0
@@ -192,23 +154,15 @@ def _plan_tables(plan: BlockPlan) -> _PlanTables:
         k_off += tk
     vt, vk, vm = torch.cat(vis_t), torch.cat(vis_k), torch.cat(vis_m)
     qp_all, kp_all = torch.cat(qpos), torch.cat(kpos)
-    qd_all, kd_all = torch.cat(qdesc), torch.cat(kdesc)
-    # Rounds: segments share positions (each tiles every query; key tiles of different segments,
-    # or the fixed pattern's gathered summary tiles and the natural ones, hold the same rows). A
-    # round's tiles write disjoint rows in one launch; later rounds fold their result into what the
-    # earlier ones wrote (forward: log-sum-exp merge; backward: addition). Query tiles go in segment
-    # order; key tiles longest walk first, so the long walks share the first launch.
+    qd_all, kd_all = _descriptors(qp_all), _descriptors(kp_all)
+    # Rounds (segments share positions): query tiles in segment order, key tiles longest walk first.
     q_round, qadd = _rounds(qp_all, torch.arange(q_off), n)
     k_round, kadd = _rounds(kp_all, torch.argsort(-torch.bincount(vk, minlength=k_off), stable=True), n)
     qd_all = torch.cat([qd_all, q_round[:, None]], 1)
     kd_all = torch.cat([kd_all, k_round[:, None]], 1)
     covered = torch.zeros(n + 1, dtype=torch.bool)
     covered[torch.where(kp_all >= 0, kp_all, n)] = True
-    # Five kinds of visit, in this order in each list: fast (no mask, both tiles' rows a
-    # progression: the key loads depend on one level of table loads only, which Triton's pipeliner
-    # overlaps), first those whose visited tile is contiguous and 16-aligned (vector loads), then the
-    # others; causal and mask-tile (progressions under that element mask; no row checks); gathered
-    # (a tile with padding or rows from the position table: the general path).
+    # The five visit kinds (VISIT_KINDS), in this order in each list.
     ap = (qd_all[vt, 0] >= 0) & (kd_all[vk, 0] >= 0)
     kind = torch.where(ap, torch.where(vm == FULL, 1, torch.where(vm == CAUSAL, 2, 3)), 4)
     shift = plan.block.bit_length() - 1
@@ -237,8 +191,7 @@ def _plan_tables(plan: BlockPlan) -> _PlanTables:
 
 @dataclass(frozen=True, eq=False)
 class KernelTables:
-    """Device tables for a list of per-head plans sharing (n, block), under one launch policy;
-    built once, cached (:func:`kernel_tables`)."""
+    """Device tables for per-head plans sharing (n, block), under one launch policy (:func:`kernel_tables`)."""
 
     n: int
     block: int
@@ -253,8 +206,7 @@ class KernelTables:
     bvis: torch.Tensor  # (V, 6) int32: query tile, mask code, query tile descriptor (4)
     bptr: torch.Tensor
     bsplit: torch.Tensor
-    masks: torch.Tensor  # (M, 2, B, W) int64: element masks as bit words (column c: bit c % 64 of
-    # word c // 64); [m, 0] rows = queries, [m, 1] transposed (rows = keys)
+    masks: torch.Tensor  # (M, 2, B, W) int64 bit words of the element masks; [m, 0] rows = queries, [m, 1] keys
     qadd: torch.Tensor  # (TQ, B) int8: row holds an earlier round's result (fold into it)
     kadd: torch.Tensor  # (TK, B) int8
     fwd_rounds: tuple  # per round (launch): (I, 2) int32 work items (head, query tile)
@@ -267,8 +219,7 @@ class KernelTables:
     @functools.cached_property
     def fwd_tables(self) -> KernelTables:
         """The tables the forward runs on: these, or for long walks the same patterns' plans at
-        ``policy.fwd_block_long[block]`` (built on first use). The backward reads the forward's
-        output and log-sum-exp by position, so it runs on these tables whatever the forward's."""
+        ``policy.fwd_block_long[block]`` (built on first use; the backward always runs on these)."""
         block = self.policy.fwd_block_long.get(self.block) if self.long_walk else None
         if not block or block == self.block or any(p.pattern is None for p in self.plans):
             return self
@@ -277,8 +228,7 @@ class KernelTables:
 
     @functools.cached_property
     def fwd_static(self) -> tuple:
-        """Per round, the forward kernel's table arguments (one tuple object each: launchers key
-        it once)."""
+        """Per round, the forward kernel's table arguments (one tuple object each: launchers key it once)."""
         return tuple((self.qdesc, self.qpos, self.qadd, self.kpos, self.fvis, self.fptr, self.fsplit, self.masks,
                       items) for items in self.fwd_rounds)
 
@@ -289,57 +239,43 @@ class KernelTables:
 
 
 def _combine(plans: list[BlockPlan], device, policy: LaunchPolicy) -> KernelTables:
-    distinct: list[BlockPlan] = []
-    for p in plans:
-        if not any(p is d for d in distinct):
-            distinct.append(p)
+    distinct = list({id(p): p for p in plans}.values())  # each plan object once, in first-seen order
     parts = [_plan_tables_cached(p) for p in distinct]
-    q_off = k_off = m_off = 0
-    acc: dict[str, list] = {k: [] for k in ("qdesc", "qpos", "qadd", "kdesc", "kpos", "kadd", "fvis", "bvis",
-                                             "fptr", "bptr", "fsplit", "bsplit", "masks")}
-    offsets = []
-    v_f = v_b = 0
+    cat = {name: torch.cat([getattr(pt, name) for pt in parts])
+           for name in ("qdesc", "qpos", "qadd", "kdesc", "kpos", "kadd", "fsplit", "bsplit", "masks")}
+    # Per part: where its query tiles, key tiles, masks, forward and backward visits start in the combined tables.
+    offsets, end = [], (0, 0, 0, 0, 0)
     for pt in parts:
-        fv, bv = pt.fvis.clone(), pt.bvis.clone()
-        fv[:, 0] += k_off
-        bv[:, 0] += q_off
-        fv[:, 1] = torch.where(fv[:, 1] >= 0, fv[:, 1] + m_off, fv[:, 1])
-        bv[:, 1] = torch.where(bv[:, 1] >= 0, bv[:, 1] + m_off, bv[:, 1])
-        for name, x in (("qdesc", pt.qdesc), ("kdesc", pt.kdesc), ("qpos", pt.qpos), ("kpos", pt.kpos),
-                        ("qadd", pt.qadd), ("kadd", pt.kadd), ("fvis", fv),
-                        ("bvis", bv), ("fptr", pt.fptr[:-1] + v_f), ("bptr", pt.bptr[:-1] + v_b),
-                        ("fsplit", pt.fsplit), ("bsplit", pt.bsplit), ("masks", pt.masks)):
-            acc[name].append(x)
-        offsets.append((q_off, k_off, pt))
-        q_off += pt.qdesc.shape[0]
-        k_off += pt.kdesc.shape[0]
-        m_off += pt.masks.shape[0]
-        v_f += pt.fvis.shape[0]
-        v_b += pt.bvis.shape[0]
-    cat = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.int64) for k, v in acc.items()}
-    fptr = torch.cat([cat["fptr"], torch.tensor([v_f])])
-    bptr = torch.cat([cat["bptr"], torch.tensor([v_b])])
+        offsets.append(end)
+        end = tuple(o + len(x) for o, x in zip(end, (pt.qdesc, pt.kdesc, pt.masks, pt.fvis, pt.bvis)))
+
+    def renumber(vis: torch.Tensor, tile_off: int, mask_off: int) -> torch.Tensor:
+        """A part's visits (tile, mask code) with its tile and mask-tile ids offset."""
+        return torch.stack([vis[:, 0] + tile_off, torch.where(vis[:, 1] >= 0, vis[:, 1] + mask_off, vis[:, 1])], 1)
+
+    fptr = torch.cat([pt.fptr[:-1] + o[3] for pt, o in zip(parts, offsets)] + [torch.tensor([end[3]])])
+    bptr = torch.cat([pt.bptr[:-1] + o[4] for pt, o in zip(parts, offsets)] + [torch.tensor([end[4]])])
+    fvis = torch.cat([renumber(pt.fvis, o[1], o[2]) for pt, o in zip(parts, offsets)])
+    bvis = torch.cat([renumber(pt.bvis, o[0], o[2]) for pt, o in zip(parts, offsets)])
     qdesc, kdesc = cat["qdesc"], cat["kdesc"]
-    fvis = torch.cat([cat["fvis"], kdesc[cat["fvis"][:, 0], :4]], 1)
-    bvis = torch.cat([cat["bvis"], qdesc[cat["bvis"][:, 0], :4]], 1)
+    fvis = torch.cat([fvis, kdesc[fvis[:, 0], :4]], 1)
+    bvis = torch.cat([bvis, qdesc[bvis[:, 0], :4]], 1)
     blk = distinct[0].block
-    masks = cat["masks"] if m_off else torch.zeros(1, blk, blk, dtype=torch.bool)
+    masks = cat["masks"] if end[2] else torch.zeros(1, blk, blk, dtype=torch.bool)
     masks = _bit_words(torch.stack([masks, masks.transpose(1, 2)], 1))
     # Work lists: (head, tile, [kind,] walk length, round) per program, one list per round.
     fwd, bwd = [], []
-    fwork = fptr[1:] - fptr[:-1]
-    bwork = bptr[1:] - bptr[:-1]
+    fwork, bwork = fptr[1:] - fptr[:-1], bptr[1:] - bptr[:-1]
     for h, p in enumerate(plans):
-        q0, k0, pt = next(o for o in offsets if o[2] is _plan_tables_cached(p))
+        i = next(i for i, d in enumerate(distinct) if d is p)
+        (q0, k0, *_), pt = offsets[i], parts[i]
         tq, tk = pt.qdesc.shape[0], pt.kdesc.shape[0]
-        tiles_q = torch.arange(q0, q0 + tq)
-        tiles_k = torch.arange(k0, k0 + tk)
+        tiles_q, tiles_k = torch.arange(q0, q0 + tq), torch.arange(k0, k0 + tk)
         head_q, head_k = torch.full_like(tiles_q, h), torch.full_like(tiles_k, h)
         fwd.append(torch.stack([head_q, tiles_q, fwork[tiles_q], qdesc[tiles_q, 4]], 1))
         bwd.append(torch.stack([head_k, tiles_k, torch.zeros_like(tiles_k), bwork[tiles_k] * 4, kdesc[tiles_k, 4]], 1))
         bwd.append(torch.stack([head_q, tiles_q, torch.ones_like(tiles_q), fwork[tiles_q] * 3, qdesc[tiles_q, 4]], 1))
-    fwd_items = torch.cat(fwd)
-    bwd_items = torch.cat(bwd)
+    fwd_items, bwd_items = torch.cat(fwd), torch.cat(bwd)
     long_walk = bool(fwd_items.shape[0]) and float(fwd_items[:, 2].float().mean()) >= policy.long_walk
 
     def order(items: torch.Tensor, width: int) -> torch.Tensor:
