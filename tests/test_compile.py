@@ -157,6 +157,17 @@ def test_apply_compile_shares_one_compilation_per_pattern():
     assert counters["stats"]["unique_graphs"] == 2  # local and strided layers, not 4
 
 
+def test_apply_compile_compiles_the_embedding_and_output_layer():
+    m = _model("strided", "interleaved", False, n_layer=2)
+    apply_compile(m)
+    first = (m.embed, m.logits)
+    assert all(hasattr(f, "_torchdynamo_orig_callable") for f in first)
+    apply_compile(m)  # idempotent: not compiled twice
+    assert (m.embed, m.logits) == first
+    plain = _model("strided", "interleaved", False, n_layer=2)
+    assert set(m.state_dict()) == set(plain.state_dict())  # checkpoints unchanged
+
+
 def test_cuda_graph_modes_build_the_routes_first():
     """With CUDA graphs the attention routes (plans, kernel tables) are built by apply_compile, not
     by the first call, which would run inside the graph tree's private memory pool."""
