@@ -446,6 +446,22 @@ def _train(
     t_start = time.perf_counter()
     last: dict[str, Any] = {"train_loss": None}
     acc_loss, acc_steps, t_interval = 0.0, 0, time.perf_counter()
+    pending: list[tuple[int, torch.Tensor]] = []  # (update, loss) not read back yet
+
+    def read_losses() -> None:
+        """Read back the pending losses in one transfer (no sync per update, so the host runs
+        ahead of the GPU) and stop at the first non-finite one: checkpoints are only written
+        after this check, so the last one saved stays good."""
+        nonlocal acc_loss, acc_steps
+        if not pending:
+            return
+        values = torch.stack([v for _, v in pending]).tolist()
+        for (at, v), value in zip(pending, values):
+            check_finite_loss(torch.tensor(value), at)
+        acc_loss += sum(values)
+        acc_steps += len(values)
+        pending.clear()
+
     saved_path: Path | None = None
     bar = tqdm(
         total=t.max_steps, initial=step, disable=not (progress and main), desc="train", unit="step"
@@ -469,7 +485,7 @@ def _train(
                 scaler.scale(loss / n_micro).backward()
                 loss_sum += loss.detach()
             step_loss = D.all_reduce_mean(loss_sum / n_micro)
-            check_finite_loss(step_loss, step + 1)  # before the update: the weights stay good
+            pending.append((step + 1, step_loss.detach()))
             ok = scaler.unscale_(model.parameters())
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -478,14 +494,18 @@ def _train(
             scaler.update(ok)
             opt.zero_grad(set_to_none=True)
             step += 1
-            acc_loss += float(step_loss)
-            acc_steps += 1
             bar.update(1)
             if compiled and step == first_step + 1:
+                read_losses()
                 log.info("first step %.1f s (torch.compile of the blocks included)",
                          time.perf_counter() - t_start)  # fmt: skip
 
-            if step % t.log_interval == 0 or step == end:
+            at_end = step == end
+            do_ckpt = at_end or (t.ckpt_interval and step % t.ckpt_interval == 0)
+            do_eval = do_ckpt or (t.eval_interval and step % t.eval_interval == 0)
+            if step % t.log_interval == 0 or do_eval:
+                read_losses()
+            if step % t.log_interval == 0 or at_end:
                 dt = time.perf_counter() - t_interval
                 loss_avg = acc_loss / acc_steps
                 ms = 1000 * dt / acc_steps
@@ -507,9 +527,6 @@ def _train(
                 last["train_loss"] = loss_avg
                 acc_loss, acc_steps, t_interval = 0.0, 0, time.perf_counter()
 
-            at_end = step == end
-            do_ckpt = at_end or (t.ckpt_interval and step % t.ckpt_interval == 0)
-            do_eval = do_ckpt or (t.eval_interval and step % t.eval_interval == 0)
             if do_eval:
                 t_eval = time.perf_counter()
                 val = validate()
