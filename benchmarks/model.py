@@ -197,9 +197,10 @@ def profile_step(model, opt, params, x, y, device: str) -> dict:
         wall = time.perf_counter() - t0
     split: dict[str, float] = {}
     other: dict[str, list] = {}  # name -> [ms, launches]
-    kernels = sorted((ev for ev in prof.events() if ev.device_type == DeviceType.CUDA),
+    # CUDA events are the kernels, memsets and copies, and the GPU side of the step's annotation
+    kernels = sorted((ev for ev in prof.events() if ev.device_type == DeviceType.CUDA and ev.name != "bench_step"),
                      key=lambda ev: ev.time_range.start)
-    marks = [ev for ev in prof.events() if ev.name == "bench_step"]
+    marks = [ev for ev in prof.events() if ev.name == "bench_step" and ev.device_type == DeviceType.CPU]
     for ev in kernels:
         ms = ev.time_range.elapsed_us() / 1000
         kind = kernel_kind(ev.name)

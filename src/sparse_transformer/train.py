@@ -116,14 +116,10 @@ def apply_infrastructure(model: nn.Module, cfg: Config, info: D.DistInfo) -> nn.
         model = apply_recompute(model)
     t = cfg.train
     if should_compile(t.compile, info.device):
-        mode = resolve_compile_mode(t.compile_mode, model, t.recompute, t.distributed, _accumulates(t))
+        accumulates = 0 < t.micro_batch_size < t.batch_size // info.world_size  # several passes a step
+        mode = resolve_compile_mode(t.compile_mode, model, t.recompute, t.distributed, accumulates)
         model = apply_compile(model, mode, cfg.model.ctx)
     return D.apply_parallel(model, cfg.train.distributed, info)
-
-
-def _accumulates(t) -> bool:
-    """Whether a step runs several forward/backward passes (``train.micro_batch_size``)."""
-    return 0 < t.micro_batch_size < t.batch_size
 
 
 def configure_optimizer(model: nn.Module, t) -> torch.optim.AdamW:
