@@ -14,7 +14,9 @@ d 256, ctx 8,192; ``table2-images``: 8 L, d 256, ctx 784), in ONE process:
   with ``mode="max-autotune"`` (Inductor benchmarks kernel configurations while compiling).
 
 Every row runs train.py's step: bf16 autocast, float32 loss, backward, clipping, fused AdamW. The
-time is the median of ``--steps`` steps after ``--warmup`` (the first one compiles), synchronised.
+time is the median of ``--steps`` steps after ``--warmup`` (the first one compiles), each synchronised;
+"back to back" is the mean of ``3 * --steps`` steps with one synchronisation at the end, as train.py
+runs them (it reads losses back only at log, evaluation and checkpoint points).
 
 Useful FLOPs per step (the formula of issue 16): matmuls ``6 * P * tokens`` with P the weights of
 the linear layers (the embeddings are look-ups), plus attention ``4 * pairs * d_head * heads *
@@ -258,11 +260,11 @@ def measure(row: str, mc, batch: int, device: str, steps: int, warmup: int, prof
         out["step_ms"] = 1000 * statistics.median(times)
         out["step_ms_all"] = [round(1000 * t, 2) for t in times]
         out["tokens_per_s"] = batch * mc.ctx / statistics.median(times)
-        t0 = time.perf_counter()  # the same steps back to back: the host may run ahead of the GPU
-        for _ in range(steps):
+        t0 = time.perf_counter()  # 3 x steps back to back, one sync: the host may run ahead of the GPU
+        for _ in range(3 * steps):
             step(model, opt, params, x, y, device)
         sync()
-        out["back_to_back_ms"] = 1000 * (time.perf_counter() - t0) / steps
+        out["back_to_back_ms"] = 1000 * (time.perf_counter() - t0) / (3 * steps)
         if device == "cuda":
             out["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
         if prof and device == "cuda":
@@ -290,7 +292,8 @@ def to_markdown(doc: dict) -> str:
         f"# Training step vs a compiled dense GPT ({env.get('device', '')})",
         "",
         (f"torch {env.get('torch')}, triton {env.get('triton', '-')}, commit {env.get('commit')}, "
-        f"{env.get('date')}; bf16 autocast, fused AdamW, median of {doc['steps']} steps; measured "
+        f"{env.get('date')}; bf16 autocast, fused AdamW, median of {doc['steps']} synchronised steps; back to "
+        f"back: mean of {3 * doc['steps']} steps, one synchronisation; measured "
         f"bf16 matmul rate {doc['matmul_tflops']:.0f} TFLOP/s. Command: `{doc['command']}`"),
         "",
         ("Useful FLOPs = 6 x linear weights x tokens + 4 x pairs x d_head x heads x layers x 3 "
@@ -329,7 +332,9 @@ def to_markdown(doc: dict) -> str:
                 lines += [f"Profile of one `{r['name']}` step ({pr['wall_ms']:.1f} ms wall): "
                           f"{pr['total_ms']:.1f} ms of GPU time: "
                           f"{parts} ms. Largest other kernels: "
-                          + "; ".join(f"{k} {v:.2f} ({n})" for k, v, n in pr["top_other"][:6]), ""]
+                          + "; ".join(f"{k} {v:.2f} ({n})" for k, v, n in pr["top_other"][:6])
+                          + (f". GPU idle: {pr['idle']['lead_ms']:.2f} ms before the first kernel, "
+                             f"{pr['idle']['between_ms']:.2f} ms between kernels" if pr.get("idle") else ""), ""]
     return "\n".join(lines) + "\n"
 
 
