@@ -443,6 +443,7 @@ def _train(
     last: dict[str, Any] = {"train_loss": None}
     acc_loss, acc_steps, t_interval = 0.0, 0, time.perf_counter()
     pending: list[tuple[int, torch.Tensor]] = []  # (update, loss) not read back yet
+    pin = torch.device(device).type == "cuda"
 
     def read_losses() -> None:
         """Read back the pending losses in one transfer (no sync per update, so the host runs
@@ -470,6 +471,8 @@ def _train(
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = train_ds.get_batch(t.batch_size, ctx, data_gen, info.rank, info.world_size)
+            if pin:  # a copy from pageable memory waits for the GPU; from pinned memory the host runs ahead
+                x, y = x.pin_memory(), y.pin_memory()
             loss_sum = torch.zeros((), device=device)
             for m in range(n_micro):
                 D.set_gradient_sync(model, m == n_micro - 1)
