@@ -334,7 +334,7 @@ def to_markdown(doc: dict) -> str:
                           f"{parts} ms. Largest other kernels: "
                           + "; ".join(f"{k} {v:.2f} ({n})" for k, v, n in pr["top_other"][:6])
                           + (f". GPU idle: {pr['idle']['lead_ms']:.2f} ms before the first kernel, "
-                             f"{pr['idle']['between_ms']:.2f} ms between kernels" if pr.get("idle") else ""), ""]
+                             f"{pr['idle']['between_ms']:.2f} ms between kernels" if "lead_ms" in pr.get("idle", {}) else ""), ""]
     return "\n".join(lines) + "\n"
 
 

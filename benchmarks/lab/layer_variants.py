@@ -68,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="enwik8")
     ap.add_argument("--pattern", default="strided")
+    ap.add_argument("--batch", type=int, default=None, help="default: the preset's (enwik8: 16)")
     ap.add_argument("--step-rows", nargs="*", default=[])
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
     for name in order:
         use(vs[name])
         try:
-            run, desc = layer_call(args.preset, args.pattern, None)
+            run, desc = layer_call(args.preset, args.pattern, args.batch)
             us = [1e3 * graph_ms(run, 50) for _ in range(3)]
         except Exception as e:  # noqa: BLE001  (a variant that does not compile is reported)
             out["errors"][name] = f"{type(e).__name__}: {str(e)[:300]}"
