@@ -137,6 +137,22 @@ def test_mask_tiles_wide_blocks(block):
         kernels.PLAN_BLOCK["triton"] = saved
 
 
+@pytest.mark.parametrize("pattern", [P.strided(6), P.union(*P.factorized("strided", 6))], ids=str)
+def test_packed_residue_classes(pattern):
+    """Residue classes longer than a tile and not a multiple of it (24 positions, 16-row tiles) are
+    packed without padding: a tile holding the end of one class and the start of the next is one
+    two-level progression, not a gathered tile; values and gradients as the reference, alone and
+    merged with the local band."""
+    n = 144
+    plan = P.strided(6).plan(n, 16)
+    assert plan.segments[0].q_tiles.shape[0] == n // 16  # padding each class to 32 would take 12
+    tabs = TA.kernel_tables([plan.to(DEVICE)], DEVICE)
+    assert bool((tabs.qdesc[:, 0] >= 0).all())  # every tile a progression
+    q, k, v = qkv(1, 2, n, 32, torch.float32, seed=13)
+    with _Block16():
+        assert_close_to_reference(q, k, v, pattern, "triton", atol=FP32_ATOL)
+
+
 def test_every_visit_kind():
     """One launch whose lists hold all five visit kinds, both directions: fast on contiguous tiles
     (local), fast on strided progressions (strided(8): two 16-row tiles per residue class), causal,

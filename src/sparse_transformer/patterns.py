@@ -228,8 +228,8 @@ class Strided(Pattern):
             return Dense().candidates(n, block)
         tiles, lp = _strided_tiles(n, self.stride, block)
         t = torch.arange(tiles.shape[0])
-        if lp >= block:  # several tiles per class: causal band from the class's first tile
-            first = (t * block // lp) * (lp // block)
+        if lp >= block:  # several tiles per class: causal band from the tile of the class's first slot
+            first = (t * block // lp) * lp // block
         else:  # several classes per tile: only the diagonal tile
             first = t
         return tiles, tiles, _band_layout(first, t)
@@ -735,13 +735,16 @@ def _band_layout(lo_tile: torch.Tensor, hi_tile: torch.Tensor) -> torch.Tensor:
 def _strided_tiles(n: int, stride: int, block: int) -> torch.Tensor:
     """The transpose order: residue class r = i % stride laid out contiguously.
 
-    Each class holds up to L = ceil(n / stride) positions; L is padded to a multiple of ``block``
-    (L >= block) or to a power of two dividing ``block`` (L < block), so no tile straddles
-    classes unevenly; padding slots hold -1.
+    Each class holds up to L = ceil(n / stride) positions. With L >= block the classes follow one
+    another unpadded, so a tile may hold the end of one class and the start of the next (two
+    progressions: still a tile descriptor, and fewer tiles than padding each class to a multiple
+    of ``block``: enwik8's 96-position classes at block 64 take 192 tiles, not 256, and 320 visits,
+    not 384). With L < block, L is padded to a power of two dividing ``block``, so a tile holds
+    whole classes. Padding slots hold -1. Returns the tiles and the slots per class.
     """
     length = -(-n // stride)
     if length >= block:
-        lp = -(-length // block) * block
+        lp = length
     else:
         lp = 1 << max(0, (length - 1).bit_length())
     t = torch.arange(lp)
