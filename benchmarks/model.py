@@ -315,9 +315,9 @@ def to_markdown(doc: dict) -> str:
             if r["status"] != "ok":
                 lines.append(f"| {r['name']} | {r['status']}: {r.get('error', '')[:80]} | | | | | | | | |")
                 continue
-            ratio = f"{r['step_ms'] / base:.2f}" if base else "-"
+            ratio = f"{r['step_ms'] / base:.3f}" if base else "-"
             b2b, base2 = r.get("back_to_back_ms"), p.get("baseline_b2b_ms")
-            ratio2 = f"{b2b / base2:.2f}" if b2b and base2 else "-"
+            ratio2 = f"{b2b / base2:.3f}" if b2b and base2 else "-"
             lines.append(
                 f"| {r['name']} | {r['step_ms']:.1f} | {ratio} | {b2b or float('nan'):.1f} | {ratio2} | "
                 f"{r['tokens_per_s']:,.0f} | "
