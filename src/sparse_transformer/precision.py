@@ -185,9 +185,10 @@ class DynamicLossScaler:
         self.skipped = int(state.get("skipped", 0))
 
 
-def check_finite_loss(loss: torch.Tensor, step: int) -> None:
-    """Stop on a non-finite loss with a clear message (the last good checkpoint stays)."""
-    value = float(loss.detach())
+def check_finite_loss(loss: torch.Tensor | float, step: int) -> None:
+    """Stop on a non-finite loss (a scalar tensor or a number) with a clear message (the last good
+    checkpoint stays)."""
+    value = float(loss)
     if not math.isfinite(value):
         raise FloatingPointError(
             f"loss is {value} at step {step}: training stopped; the last good checkpoint is kept "

@@ -453,8 +453,8 @@ def _train(
         if not pending:
             return
         values = torch.stack([v for _, v in pending]).tolist()
-        for (at, v), value in zip(pending, values):
-            check_finite_loss(torch.tensor(value), at)
+        for (at, _), value in zip(pending, values):
+            check_finite_loss(value, at)
         acc_loss += sum(values)
         acc_steps += len(values)
         pending.clear()
