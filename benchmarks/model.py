@@ -236,6 +236,7 @@ def measure(row: str, mc, batch: int, device: str, steps: int, warmup: int, prof
     try:
         if device == "cuda":
             torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()  # the peak over the whole row: compile, capture, steps
         model, opt, params = build_row(row, mc, device)
         g = torch.Generator().manual_seed(0)
         data = torch.randint(0, mc.vocab_size, (batch, mc.ctx + 1), generator=g).to(device)
@@ -248,8 +249,6 @@ def measure(row: str, mc, batch: int, device: str, steps: int, warmup: int, prof
         for _ in range(warmup - 1):
             step(model, opt, params, x, y, device)
         sync()
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
@@ -267,6 +266,7 @@ def measure(row: str, mc, batch: int, device: str, steps: int, warmup: int, prof
         out["back_to_back_ms"] = 1000 * (time.perf_counter() - t0) / (3 * steps)
         if device == "cuda":
             out["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
+            out["reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
         if prof and device == "cuda":
             out["profile"] = profile_step(model, opt, params, x, y, device)
         out["status"] = "ok"
@@ -307,7 +307,7 @@ def to_markdown(doc: dict) -> str:
             f"{p['ctx']:,}, batch {p['batch']}, dropout {p['dropout']}"),
             "",
             ("| row | ms/step | ÷ compiled GPT | back to back ms | ÷ GPT | tokens/s | useful TFLOP/s "
-            "| utilisation | peak GiB | first step s |"),
+            "| utilisation | peak GiB (allocated / reserved) | first step s |"),
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         base = p.get("baseline_ms")
@@ -321,8 +321,8 @@ def to_markdown(doc: dict) -> str:
             lines.append(
                 f"| {r['name']} | {r['step_ms']:.1f} | {ratio} | {b2b or float('nan'):.1f} | {ratio2} | "
                 f"{r['tokens_per_s']:,.0f} | "
-                f"{r['useful_tflops']:.0f} | {r['utilisation']:.2f} | {r.get('peak_gib', 0):.1f} | "
-                f"{r['first_step_s']:.1f} |"
+                f"{r['useful_tflops']:.0f} | {r['utilisation']:.2f} | {r.get('peak_gib', 0):.1f} / "
+                f"{r.get('reserved_gib', 0):.1f} | {r['first_step_s']:.1f} |"
             )
         lines.append("")
         for r in p["rows"]:
