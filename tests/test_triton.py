@@ -380,25 +380,26 @@ def test_launcher_direct_after_first_launch(direct_path):
     fake = _FakeKernel(3, 2)
     launch = launcher.Launcher(fake)
     x = torch.zeros(32)
-    launch((4, 2), (x, 64, 0.5), (64, True), 4, 2)
+    launch((4, 2), (x,), (64, 0.5), (64, True), 4, 2)
     y = torch.ones(32)
-    launch((5, 2), (y, 80, 0.25), (64, True), 4, 2)  # same specialization
+    launch((5, 2), (y,), (80, 0.25), (64, True), 4, 2)  # same specialization
     assert [e[0] for e in fake.log] == ["triton", "direct"]
     assert fake.log[1][1] == (5, 2, 1) and fake.log[1][2] == 7
     # Arguments then constexprs, in order; tensors as their data pointers.
     assert fake.log[1][3] == (y.data_ptr(), 80, 0.25, 64, True)
     # Anything that changes the specialization goes through Triton again.
-    for args, consts, warps, stages in [
-        ((x, 65, 0.5), (64, True), 4, 2),  # int no longer divisible by 16
-        ((x, 64, 0.5), (128, True), 4, 2),  # constexpr
-        ((x, 64, 0.5), (64, True), 8, 2),  # warps
-        ((x, 64, 0.5), (64, True), 4, 3),  # stages
-        ((x.half(), 64, 0.5), (64, True), 4, 2),  # dtype
+    for tensors, scalars, consts, warps, stages in [
+        ((x,), (65, 0.5), (64, True), 4, 2),  # int no longer divisible by 16
+        ((x,), (64, 0.5), (128, True), 4, 2),  # constexpr
+        ((x,), (64, 0.5), (64, True), 8, 2),  # warps
+        ((x,), (64, 0.5), (64, True), 4, 3),  # stages
+        ((x.half(),), (64, 0.5), (64, True), 4, 2),  # dtype
+        ((x,), (64.0, 0.5), (64, True), 4, 2),  # 64.0 == 64, but a float
     ]:
         n = len(fake.log)
-        launch((1,), args, consts, warps, stages)
-        assert fake.log[n][0] == "triton", (args, consts, warps, stages)
-    assert launch.n_direct == 1 and len(launch.compiled) == 6
+        launch((1,), tensors, scalars, consts, warps, stages)
+        assert fake.log[n][0] == "triton", (tensors, scalars, consts, warps, stages)
+    assert launch.n_direct == 1 and len(launch.compiled) == 7
 
 
 def test_launcher_static_arguments(direct_path):
@@ -407,12 +408,12 @@ def test_launcher_static_arguments(direct_path):
     launch = launcher.Launcher(fake)
     x, table = torch.zeros(8), torch.zeros(16, dtype=torch.int32)
     static = (table,)
-    launch((1,), (x, 16), (4,), 4, 1, None, static)
-    launch((1,), (x, 32), (4,), 4, 1, None, static)
+    launch((1,), (x,), (16,), (4,), 4, 1, None, static)
+    launch((1,), (x,), (32,), (4,), 4, 1, None, static)
     assert [e[0] for e in fake.log] == ["triton", "direct"]
     assert fake.log[0][2] == (x, 16, table, 4)  # through Triton: the tensors themselves
     assert fake.log[1][3] == (x.data_ptr(), 32, table.data_ptr(), 4)
-    launch((1,), (x, 32), (4,), 4, 1, None, (table.to(torch.int64),))  # other dtype: Triton again
+    launch((1,), (x,), (32,), (4,), 4, 1, None, (table.to(torch.int64),))  # other dtype: Triton again
     assert fake.log[2][0] == "triton" and len(launch.static_cache) == 2
 
 
@@ -420,7 +421,7 @@ def test_launcher_falls_back_for_good_on_mismatch(direct_path):
     fake = _FakeKernel(2, 1, fail_direct=True)
     launch = launcher.Launcher(fake)
     for _ in range(3):
-        launch((1,), (torch.zeros(4), 16), (8,), 4, 1)
+        launch((1,), (torch.zeros(4),), (16,), (8,), 4, 1)
     assert [e[0] for e in fake.log] == ["triton"] * 3  # the failed direct call re-ran through Triton
     assert launcher.Launcher.state["ok"] is False and "failed" in launcher.Launcher.state["reason"]
 
@@ -428,8 +429,8 @@ def test_launcher_falls_back_for_good_on_mismatch(direct_path):
 def test_launcher_checks_constexpr_positions(direct_path):
     fake = _FakeKernel(2, 1)  # kernel has 2 arguments + 1 constexpr; called with 1 + 2
     launch = launcher.Launcher(fake)
-    launch((1,), (torch.zeros(4),), (16, 8), 4, 1)
-    launch((1,), (torch.zeros(4),), (16, 8), 4, 1)
+    launch((1,), (torch.zeros(4),), (), (16, 8), 4, 1)
+    launch((1,), (torch.zeros(4),), (), (16, 8), 4, 1)
     assert [e[0] for e in fake.log] == ["triton"] * 2
     assert launcher.Launcher.state["ok"] is False
 

@@ -37,10 +37,6 @@ def available(device: torch.device | str) -> bool:
     return _CAPABLE[index]
 
 
-def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
-    return x.stride()[:3]
-
-
 def _last_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -57,7 +53,8 @@ def forward_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: Kern
         raise ValueError(f"tables built for {tabs.heads} heads and n={tabs.n}, inputs have "
                          f"{q.shape[1]} heads and n={q.shape[2]}")
     _check_tensors(q, v)
-    q, k, v = (_last_contiguous(x) for x in (q, k, v))
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        q, k, v = (_last_contiguous(x) for x in (q, k, v))
     tabs = tabs.fwd_tables
     kern = kernels()
     policy = tabs.policy
@@ -67,9 +64,11 @@ def forward_tables(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tabs: Kern
     o = heads_inner((bsz, h, n, d_v), q)
     lse = torch.empty(bsz, h, n, device=q.device, dtype=torch.float32)
     warps, stages, maxnreg = policy.launch_config("fwd", blk, max(d_qk, d_v), tabs.long_walk)
-    args = (q, k, v, o, lse, *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), h, n, scale * LOG2E)
+    qs, ks, vs, os_ = q.stride(), k.stride(), v.stride(), o.stride()
+    scalars = (*qs[:3], *ks[:3], *vs[:3], *os_[:3], h, n, scale * LOG2E)
+    consts = (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v))
     for r, (items, static) in enumerate(zip(tabs.fwd_rounds, tabs.fwd_static)):
-        kern.fwd_kernel((items.shape[0], bsz), args, (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v), r > 0),  # ... FOLD
+        kern.fwd_kernel((items.shape[0], bsz), (q, k, v, o, lse), scalars, (*consts, r > 0),  # ... FOLD
                         warps, stages, maxnreg, static, policy.direct_launch)
     return o, lse
 
@@ -78,7 +77,8 @@ def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads
     """dQ, dK, dV of :func:`forward_tables` from its output and log-sum-exp, written into ``grads``
     (three (batch, heads, seq, ·) views with a contiguous last dim, e.g. of one QKV gradient) or
     into new tensors laid out as ``torch.empty_like`` lays out q, k and v."""
-    q, k, v, o, do = (_last_contiguous(x) for x in (q, k, v, o, do))
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or o.stride(-1) != 1 or do.stride(-1) != 1:
+        q, k, v, o, do = (_last_contiguous(x) for x in (q, k, v, o, do))
     if grads is not None and any(g.stride(-1) != 1 for g in grads):
         raise ValueError("backward_tables writes gradients with a contiguous last dim")
     kern = kernels()
@@ -87,14 +87,15 @@ def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads
     d_v = v.shape[-1]
     blk = tabs.block
     direct = policy.direct_launch
+    os_, dos = o.stride()[:3], do.stride()[:3]
     # rowsum(dO * O): inside the backward programs for short walks, a pre-pass for long ones.
     inline_delta = policy.inline_delta(tabs.long_walk, bsz * h * n)
     if inline_delta:
         delta = lse  # not read
     else:
         delta = torch.empty_like(lse)
-        kern.delta_kernel((-(-n // 128), bsz * h), (o, do, delta, h, n, *_strides3(o), *_strides3(do)),
-                          (128, d_v, _pow2(d_v)), 4, 3, None, (), direct)
+        kern.delta_kernel((-(-n // 128), bsz * h), (o, do, delta), (h, n, *os_, *dos), (128, d_v, _pow2(d_v)),
+                          4, 3, None, (), direct)
     if grads is None:  # in the inputs' layout (views of a fused projection: contiguous)
         grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
     dq, dk, dv = grads
@@ -103,12 +104,13 @@ def backward_tables(q, k, v, o, lse, do, tabs: KernelTables, scale: float, grads
         dv.zero_()
     qsub, ksub = policy.steps(blk, tabs.long_walk)
     warps, stages, maxnreg = policy.launch_config("bwd", blk, max(d_qk, d_v), tabs.long_walk)
-    args = (q, k, v, do, o, dq, dk, dv, lse, delta,
-            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(o),
-            *_strides3(dq), *_strides3(dk), *_strides3(dv), h, n, scale, scale * LOG2E)
+    scalars = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dos, *os_, *dq.stride()[:3],
+               *dk.stride()[:3], *dv.stride()[:3], h, n, scale, scale * LOG2E)
     consts = (blk, d_qk, d_v, _pow2(d_qk), _pow2(d_v), inline_delta, qsub, ksub)  # ... INLINE_DELTA QSUB KSUB
+    tensors = (q, k, v, do, o, dq, dk, dv, lse, delta)
     for r, (items, static) in enumerate(zip(tabs.bwd_rounds, tabs.bwd_static)):
-        kern.bwd_kernel((items.shape[0], bsz), args, (*consts, r > 0), warps, stages, maxnreg, static, direct)  # FOLD
+        kern.bwd_kernel((items.shape[0], bsz), tensors, scalars, (*consts, r > 0), warps, stages, maxnreg,  # FOLD
+                        static, direct)
     return dq, dk, dv
 
 

@@ -89,9 +89,9 @@ def direct_launch_supported(triton_module) -> tuple[bool, str]:
 
 
 class Launcher:
-    """Launches one ``@triton.jit`` kernel: ``launcher(grid, args, consts, warps, stages[, maxnreg, static,
-    direct])``; ``consts`` are the trailing constexpr parameters in signature order, ``static`` the
-    arguments just before them. The first launch of a specialization goes through ``kernel[grid]``,
+    """Launches one ``@triton.jit`` kernel: ``launcher(grid, tensors, scalars, consts, warps, stages[, maxnreg,
+    static, direct])``, the arguments in signature order: tensors, scalars, ``static`` (the tables), then
+    ``consts``, the trailing constexpr parameters. The first launch of a specialization goes through ``kernel[grid]``,
     later ones call its compiled kernel directly (when and why: ``docs/kernels.md``, "Launches")."""
 
     state: ClassVar[dict] = {}  # shared by all launchers: "ok" (bool), "reason"; filled on first use
@@ -100,6 +100,7 @@ class Launcher:
         self.fn = fn
         self.compiled: dict = {}
         self.static_cache: dict = {}  # id(static tuple) -> (tuple, key, pointers)
+        self.scalar_cache: dict = {}  # scalars -> (their types, their key)
         self.n_direct = self.n_triton = 0
 
     @classmethod
@@ -129,37 +130,47 @@ class Launcher:
             return False
         return all(bool(getattr(p, "is_constexpr", False)) == (i >= n_args) for i, p in enumerate(params))
 
-    def __call__(self, grid: tuple, args: tuple, consts: tuple, num_warps: int, num_stages: int,
+    def __call__(self, grid: tuple, tensors: tuple, scalars: tuple, consts: tuple, num_warps: int, num_stages: int,
                  maxnreg: int | None = None, static: tuple = (), direct: bool = True) -> None:
-        """``static``: arguments that stay the same across calls (the tables), one tuple object kept by
-        the caller (keyed once). ``direct=False``: through Triton (the policy's switch)."""
+        """Arguments in signature order: ``tensors`` (new every call), ``scalars`` (ints and floats, mostly
+        the same from call to call: their key is looked up by value), ``static`` (arguments that stay the
+        same across calls, the tables: one tuple object kept by the caller, keyed once), ``consts`` (the
+        trailing constexprs). ``direct=False``: through Triton (the policy's switch)."""
         key = None
         if direct and self._ok():
             st = self.state
             rt = st["runtime"]
             if _hooks_idle(rt.launch_enter_hook) and _hooks_idle(rt.launch_exit_hook):
                 device = torch.cuda.current_device()
-                dyn_key, flat = _spec(args)
+                tensor_key, flat = _spec(tensors)
+                types = tuple(map(type, scalars))  # 1 == 1.0 == True: equal tuples may differ in type
+                hit = self.scalar_cache.get(scalars)
+                if hit is None or hit[0] != types:
+                    if len(self.scalar_cache) > 256:
+                        self.scalar_cache.clear()
+                    hit = self.scalar_cache[scalars] = (types, _spec(scalars)[0])
+                scalar_key = hit[1]
                 static_key, static_flat = self._static(static)
-                key = (consts, num_warps, num_stages, maxnreg, device, dyn_key, static_key)
+                key = (consts, num_warps, num_stages, maxnreg, device, tensor_key, scalar_key, static_key)
                 k = self.compiled.get(key)
                 if k is not None:
                     try:
                         k.run(*grid, *(1,) * (3 - len(grid)), st["stream"](device), k.function, k.packed_metadata,
-                              None, None, None, *flat, *static_flat, *consts)
+                              None, None, None, *flat, *scalars, *static_flat, *consts)
                         self.n_direct += 1
                         return
                     except Exception as e:  # noqa: BLE001  (any mismatch: fall back for good)
                         self._disable(f"direct launch of {self.fn.__name__} failed ({type(e).__name__}: {e})")
                         key = None
         extra = {} if maxnreg is None else {"maxnreg": maxnreg}
-        k = self.fn[grid](*args, *static, *consts, num_warps=num_warps, num_stages=num_stages, **extra)
+        k = self.fn[grid](*tensors, *scalars, *static, *consts, num_warps=num_warps, num_stages=num_stages, **extra)
         self.n_triton += 1
         if key is not None and self._ok():
+            n_args = len(tensors) + len(scalars) + len(static)
             usable = all(hasattr(k, a) for a in ("function", "packed_metadata", "run")) and k.function is not None
-            if not usable or not self._check_signature(len(args) + len(static), len(consts)):
+            if not usable or not self._check_signature(n_args, len(consts)):
                 self._disable(f"{self.fn.__name__}: compiled kernel or signature not as coded "
-                              f"({type(k).__name__}, {len(args) + len(static)} + {len(consts)} arguments)")
+                              f"({type(k).__name__}, {n_args} + {len(consts)} arguments)")
             else:
                 self.compiled[key] = k
 
