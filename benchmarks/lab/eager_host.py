@@ -83,9 +83,9 @@ def launch_anatomy(run, calls: int) -> list[dict]:
     seen = []
     real = L.Launcher.__call__
 
-    def spy(self, grid, args, consts, warps, stages, maxnreg=None, static=(), direct=True):
-        seen.append((self, grid, args, consts, warps, stages, maxnreg, static, direct))
-        return real(self, grid, args, consts, warps, stages, maxnreg, static, direct)
+    def spy(self, *a):
+        seen.append((self, a))
+        return real(self, *a)
 
     L.Launcher.__call__ = spy
     try:
@@ -93,7 +93,7 @@ def launch_anatomy(run, calls: int) -> list[dict]:
     finally:
         L.Launcher.__call__ = real
     torch.cuda.synchronize()
-    return [_anatomy(*launch, calls) for launch in seen]
+    return [_anatomy(ln, a, calls) for ln, a in seen]
 
 
 def _timed(fn, calls: int) -> float:
@@ -107,22 +107,28 @@ def _timed(fn, calls: int) -> float:
     return t
 
 
-def _anatomy(ln, grid, args, consts, warps, stages, maxnreg, static, direct, calls: int) -> dict:
+def _anatomy(ln, a: tuple, calls: int) -> dict:
+    """One launch's pieces; with launchers of the (tensors, scalars, ...) interface also the key and
+    the compiled kernel's run alone (older trees: the whole launcher only)."""
     from sparse_transformer.kernels.triton import launcher as L
 
+    row = {"kernel": ln.fn.__name__, "launcher_us": _timed(lambda: ln(*a), calls)}
+    if not hasattr(ln, "scalar_cache"):
+        return row
+    grid, tensors, scalars, consts, warps, stages, maxnreg, static, _ = a
     device = torch.cuda.current_device()
-    key = (consts, warps, stages, maxnreg, device, L._spec(args)[0], ln._static(static)[0])
+    tensor_key, flat = L._spec(tensors)
+    key = (consts, warps, stages, maxnreg, device, tensor_key, ln.scalar_cache[scalars][1], ln._static(static)[0])
     k = ln.compiled.get(key)
-    row = {"kernel": ln.fn.__name__, "n_args": len(args) + len(static) + len(consts), "direct": k is not None,
-           "launcher_us": _timed(lambda: ln(grid, args, consts, warps, stages, maxnreg, static, direct), calls),
-           "spec_us": _timed(lambda: (L._spec(args), ln._static(static)), calls)}
+    row.update(n_args=len(tensors) + len(scalars) + len(static) + len(consts), direct=k is not None,
+               spec_us=_timed(lambda: (L._spec(tensors), ln.scalar_cache.get(scalars), ln._static(static)), calls))
     if k is not None:
         st = L.Launcher.state
-        flat, sflat = L._spec(args)[1], ln._static(static)[1]
+        sflat = ln._static(static)[1]
         stream = st["stream"](device)
         pad = (1,) * (3 - len(grid))
         row["compiled_run_us"] = _timed(lambda: k.run(*grid, *pad, stream, k.function, k.packed_metadata, None,
-                                                      None, None, *flat, *sflat, *consts), calls)
+                                                      None, None, *flat, *scalars, *sflat, *consts), calls)
         row["stream_us"] = _timed(lambda: st["stream"](device), calls)
     return row
 
@@ -229,8 +235,8 @@ def main() -> None:
               "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         for a in r.get("launches", []):
-            lines.append(f"| {r['method']} | {a['kernel']} | {a['n_args']} | {a['launcher_us']:.1f} | "
-                         f"{a['spec_us']:.1f} | {a.get('compiled_run_us', float('nan')):.1f} | "
+            lines.append(f"| {r['method']} | {a['kernel']} | {a.get('n_args', '-')} | {a['launcher_us']:.1f} | "
+                         f"{a.get('spec_us', float('nan')):.1f} | {a.get('compiled_run_us', float('nan')):.1f} | "
                          f"{a.get('stream_us', float('nan')):.2f} |")
     lines += ["", "Inside (µs per call, back to back, perf_counter around each piece):", ""]
     lines += [f"* {r['method']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["inside"].items())
