@@ -236,7 +236,8 @@ def measure(row: str, mc, batch: int, device: str, steps: int, warmup: int, prof
     try:
         if device == "cuda":
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()  # the peak over the whole row: compile, capture, steps
+            torch.cuda.reset_peak_memory_stats()  # the peak over the whole row: compile, capture, steps,
+            base = (torch.cuda.memory_allocated(), torch.cuda.memory_reserved())  # over what earlier rows left
         model, opt, params = build_row(row, mc, device)
         g = torch.Generator().manual_seed(0)
         data = torch.randint(0, mc.vocab_size, (batch, mc.ctx + 1), generator=g).to(device)
@@ -265,8 +266,8 @@ def measure(row: str, mc, batch: int, device: str, steps: int, warmup: int, prof
         sync()
         out["back_to_back_ms"] = 1000 * (time.perf_counter() - t0) / (3 * steps)
         if device == "cuda":
-            out["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
-            out["reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+            out["peak_gib"] = (torch.cuda.max_memory_allocated() - base[0]) / GIB
+            out["reserved_gib"] = (torch.cuda.max_memory_reserved() - base[1]) / GIB
         if prof and device == "cuda":
             out["profile"] = profile_step(model, opt, params, x, y, device)
         out["status"] = "ok"
