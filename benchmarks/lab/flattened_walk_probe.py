@@ -38,9 +38,22 @@ import triton
 import triton.language as tl
 from gpu_check import case_heads  # the target cases' per-head patterns
 
+from sparse_transformer import patterns as P
 from sparse_transformer.kernels.triton import kernels as K
 from sparse_transformer.kernels.triton.attention import LOG2E, _pow2, forward_tables
 from sparse_transformer.kernels.triton.tables import kernel_tables
+
+
+@triton.jit
+def _visit(q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, e, m_i, l_i, acc, qk_scale, offs_d,
+           offs_dv, BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+           KIND: tl.constexpr):
+    """One visit of kind KIND: the library's loop body (``_fwd_walk``) for a single visit."""
+    kj = K._visited_rows(fvis, kpos, e, 0, BLOCK, BLOCK, KIND)
+    k = K._load_rows(k_base, kj, stride_kn, offs_d, D, BD, KIND == K.GATHERED)
+    v = K._load_rows(v_base, kj, stride_vn, offs_dv, DV, BDV, KIND == K.GATHERED)
+    ok = K._visit_mask(fvis, masks, e, qi, kj, 0, BLOCK, BLOCK, KIND, False)
+    return K._softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, KIND >= K.CAUSAL_TILE)
 
 
 @triton.jit
@@ -48,8 +61,9 @@ def flat_fwd_kernel(
     Q, Kt, V, O, LSE,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on, H, N, qk_scale,
-    qdesc, qpos, kpos, fvis, masks, items, pair_item, pair_vis, prog_ptr,
+    qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items, pair_item, pair_vis, prog_ptr,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
+    KIND_BRANCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -75,11 +89,32 @@ def flat_fwd_kernel(
             m_i = tl.full([BLOCK], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK], tl.float32)
             acc = tl.zeros([BLOCK, BDV], tl.float32)
-        kj = K._visited_rows(fvis, kpos, e, 0, BLOCK, BLOCK, K.GATHERED)
-        k = K._load_rows(Kt + b * stride_kb + h * stride_kh, kj, stride_kn, offs_d, D, BD, True)
-        v = K._load_rows(V + b * stride_vb + h * stride_vh, kj, stride_vn, offs_dv, DV, BDV, True)
-        ok = K._visit_mask(fvis, masks, e, qi, kj, 0, BLOCK, BLOCK, K.GATHERED, False)
-        m_i, l_i, acc = K._softmax_step(q, k, v, m_i, l_i, acc, ok, qk_scale, True)
+        k_base = Kt + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+        if KIND_BRANCH:  # the visit's kind from its place in the tile's list: one specialised body each
+            t = tl.load(items + 2 * it + 1)
+            rel = e - tl.load(fptr + t)
+            sp = fsplit + 4 * t
+            kind = ((rel >= tl.load(sp)).to(tl.int32) + (rel >= tl.load(sp + 1)).to(tl.int32)
+                    + (rel >= tl.load(sp + 2)).to(tl.int32) + (rel >= tl.load(sp + 3)).to(tl.int32))
+            if kind == 0:
+                m_i, l_i, acc = _visit(q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, e, m_i, l_i,
+                                       acc, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, K.CONTIGUOUS)
+            elif kind == 1:
+                m_i, l_i, acc = _visit(q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, e, m_i, l_i,
+                                       acc, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, K.FAST)
+            elif kind == 2:
+                m_i, l_i, acc = _visit(q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, e, m_i, l_i,
+                                       acc, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, K.CAUSAL_TILE)
+            elif kind == 3:
+                m_i, l_i, acc = _visit(q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, e, m_i, l_i,
+                                       acc, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, K.MASK_TILE)
+            else:
+                m_i, l_i, acc = _visit(q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, e, m_i, l_i,
+                                       acc, qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, K.GATHERED)
+        else:  # every visit on the general path
+            m_i, l_i, acc = _visit(q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, e, m_i, l_i, acc,
+                                   qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, K.GATHERED)
         nxt = tl.load(pair_item + j + 1, mask=j + 1 < hi, other=-1)
         if nxt != it:  # the item's last visit: its output and log2-sum-exp
             l_ok = l_i > 0
@@ -116,15 +151,16 @@ def flat_tables(tabs, programs: int) -> dict:
             "prog_ptr": torch.tensor(cuts, dtype=torch.int32, device=dev), "programs": programs}
 
 
-def flat_forward(q, k, v, tabs, flat: dict, scale: float, warps: int = 4, stages: int = 3):
+def flat_forward(q, k, v, tabs, flat: dict, scale: float, warps: int = 4, stages: int = 3, kind_branch: bool = True):
     bsz, h, n, d = q.shape
     dv = v.shape[-1]
     o = torch.empty(bsz, n, h, dv, device=q.device, dtype=q.dtype).transpose(1, 2)
     lse = torch.empty(bsz, h, n, device=q.device, dtype=torch.float32)
     flat_fwd_kernel[(flat["programs"], bsz)](
         q, k, v, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], h, n, scale * LOG2E,
-        tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.masks, tabs.fwd_rounds[0], flat["pair_item"],
-        flat["pair_vis"], flat["prog_ptr"], tabs.block, d, dv, _pow2(d), _pow2(dv), num_warps=warps, num_stages=stages)
+        tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fsplit, tabs.masks, tabs.fwd_rounds[0],
+        flat["pair_item"], flat["pair_vis"], flat["prog_ptr"], tabs.block, d, dv, _pow2(d), _pow2(dv), kind_branch,
+        num_warps=warps, num_stages=stages, maxnreg=128)
     return o, lse
 
 
@@ -149,8 +185,8 @@ def gpu_ms(fn, reps: int = 50) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def timings(q, k, v, tabs, flat: dict, scale: float, stages: int) -> dict:
-    return {"flat_ms": gpu_ms(lambda: flat_forward(q, k, v, tabs, flat, scale, stages=stages)),
+def timings(q, k, v, tabs, flat: dict, scale: float, stages: int, branch: bool) -> dict:
+    return {"flat_ms": gpu_ms(lambda: flat_forward(q, k, v, tabs, flat, scale, stages=stages, kind_branch=branch)),
             "library_ms": gpu_ms(lambda: forward_tables(q, k, v, tabs, scale))}
 
 
@@ -169,7 +205,8 @@ def main() -> None:
     sizes = [200] if dry else args.sizes
     rows = []
     for n in sizes:
-        heads = case_heads("strided", n) if not dry else case_heads("strided", 256)[:2] * 2
+        # dry: every visit kind (contiguous and other fast visits, causal, mask tile, gathered)
+        heads = case_heads("strided", n) if not dry else [P.local(32), P.strided(32), P.strided(8), P.local(48)]
         plans = [p.plan(n, block, device) for p in heads]
         tabs = kernel_tables(plans, device)
         torch.manual_seed(0)
@@ -178,14 +215,14 @@ def main() -> None:
         ref_o, ref_lse = forward_tables(q, k, v, tabs, scale)
         for programs in (args.programs if not dry else [3, 7]):
             flat = flat_tables(tabs, programs)
-            for stages in (args.stages if not dry else [1]):
-                o, lse = flat_forward(q, k, v, tabs, flat, scale, stages=stages)
+            for stages, branch in [(st, br) for st in (args.stages if not dry else [1]) for br in (True, False)]:
+                o, lse = flat_forward(q, k, v, tabs, flat, scale, stages=stages, kind_branch=branch)
                 err = (o.float() - ref_o.float()).abs().max().item()
                 lerr = (lse - ref_lse).abs().max().item()
-                row = {"n": n, "programs": programs, "stages": stages, "max_err_o": err, "max_err_lse": lerr,
+                row = {"n": n, "programs": programs, "stages": stages, "kind_branch": branch, "max_err_o": err, "max_err_lse": lerr,
                        "ok": err <= (1e-5 if dry else 2e-2) and lerr <= (1e-4 if dry else 1e-2)}
                 if not dry:
-                    row.update(timings(q, k, v, tabs, flat, scale, stages))
+                    row.update(timings(q, k, v, tabs, flat, scale, stages, branch))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if args.json:
