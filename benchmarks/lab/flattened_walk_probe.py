@@ -63,7 +63,7 @@ def flat_fwd_kernel(
     stride_ob, stride_oh, stride_on, H, N, qk_scale,
     qdesc, qpos, kpos, fvis, fptr, fsplit, masks, items, pair_item, pair_vis, prog_ptr,
     BLOCK: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    KIND_BRANCH: tl.constexpr,
+    KIND_BRANCH: tl.constexpr, PREDICATED: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -81,7 +81,19 @@ def flat_fwd_kernel(
         it = tl.load(pair_item + j)
         e = tl.load(pair_vis + j)
         prev = tl.load(pair_item + j - 1, mask=j > lo, other=-1)
-        if prev != it:  # a new work item: its query tile, a fresh softmax state
+        if PREDICATED:  # no branch: the item-start work masked, so the pipeliner may take the loop
+            first = prev != it
+            h = tl.load(items + 2 * it).to(tl.int64)
+            qi_new = K._tile_rows(qdesc, qpos, tl.load(items + 2 * it + 1), BLOCK)
+            q_ptrs = Q + b * stride_qb + h * stride_qh + qi_new.to(tl.int64)[:, None] * stride_qn + offs_d[None, :]
+            take = (qi_new >= 0) & ((qi_new * 0 + first.to(tl.int32)) != 0)  # rows to load: only at an item's start
+            q_new = tl.load(q_ptrs, mask=take[:, None] & (offs_d < D)[None, :], other=0.0)
+            qi = tl.where(first, qi_new, qi)
+            q = tl.where(first, q_new, q)
+            m_i = tl.where(first, float("-inf"), m_i)
+            l_i = tl.where(first, 0.0, l_i)
+            acc = tl.where(first, 0.0, acc)
+        elif prev != it:  # a new work item: its query tile, a fresh softmax state
             h = tl.load(items + 2 * it).to(tl.int64)
             t = tl.load(items + 2 * it + 1)
             qi = K._tile_rows(qdesc, qpos, t, BLOCK)
@@ -116,7 +128,16 @@ def flat_fwd_kernel(
             m_i, l_i, acc = _visit(q, qi, k_base, v_base, stride_kn, stride_vn, fvis, kpos, masks, e, m_i, l_i, acc,
                                    qk_scale, offs_d, offs_dv, BLOCK, D, DV, BD, BDV, K.GATHERED)
         nxt = tl.load(pair_item + j + 1, mask=j + 1 < hi, other=-1)
-        if nxt != it:  # the item's last visit: its output and log2-sum-exp
+        last = nxt != it
+        if PREDICATED:
+            l_ok = l_i > 0
+            inv = tl.where(l_ok, 1.0 / tl.where(l_ok, l_i, 1.0), 0.0)
+            lse = tl.where(l_ok, m_i + tl.math.log2(tl.where(l_ok, l_i, 1.0)), float("-inf"))
+            keep = (qi >= 0) & ((qi * 0 + last.to(tl.int32)) != 0)
+            o_ptrs = O + b * stride_ob + h * stride_oh + qi.to(tl.int64)[:, None] * stride_on + offs_dv[None, :]
+            tl.store(o_ptrs, (acc * inv[:, None]).to(O.dtype.element_ty), mask=keep[:, None] & (offs_dv < DV)[None, :])
+            tl.store(LSE + (b * H + h) * N + qi.to(tl.int64), lse, mask=keep)
+        elif last:  # the item's last visit: its output and log2-sum-exp
             l_ok = l_i > 0
             l_safe = tl.where(l_ok, l_i, 1.0)
             lse = tl.where(l_ok, m_i + tl.math.log2(l_safe), float("-inf"))
@@ -151,7 +172,10 @@ def flat_tables(tabs, programs: int) -> dict:
             "prog_ptr": torch.tensor(cuts, dtype=torch.int32, device=dev), "programs": programs}
 
 
-def flat_forward(q, k, v, tabs, flat: dict, scale: float, warps: int = 4, stages: int = 3, kind_branch: bool = True):
+FORMS = {"general": (False, False), "kind-branch": (True, False), "predicated": (False, True)}
+
+
+def flat_forward(q, k, v, tabs, flat: dict, scale: float, warps: int = 4, stages: int = 3, form: str = "kind-branch"):
     bsz, h, n, d = q.shape
     dv = v.shape[-1]
     o = torch.empty(bsz, n, h, dv, device=q.device, dtype=q.dtype).transpose(1, 2)
@@ -159,7 +183,7 @@ def flat_forward(q, k, v, tabs, flat: dict, scale: float, warps: int = 4, stages
     flat_fwd_kernel[(flat["programs"], bsz)](
         q, k, v, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], h, n, scale * LOG2E,
         tabs.qdesc, tabs.qpos, tabs.kpos, tabs.fvis, tabs.fptr, tabs.fsplit, tabs.masks, tabs.fwd_rounds[0],
-        flat["pair_item"], flat["pair_vis"], flat["prog_ptr"], tabs.block, d, dv, _pow2(d), _pow2(dv), kind_branch,
+        flat["pair_item"], flat["pair_vis"], flat["prog_ptr"], tabs.block, d, dv, _pow2(d), _pow2(dv), *FORMS[form],
         num_warps=warps, num_stages=stages, maxnreg=128)
     return o, lse
 
@@ -185,8 +209,8 @@ def gpu_ms(fn, reps: int = 50) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def timings(q, k, v, tabs, flat: dict, scale: float, stages: int, branch: bool) -> dict:
-    return {"flat_ms": gpu_ms(lambda: flat_forward(q, k, v, tabs, flat, scale, stages=stages, kind_branch=branch)),
+def timings(q, k, v, tabs, flat: dict, scale: float, stages: int, form: str) -> dict:
+    return {"flat_ms": gpu_ms(lambda: flat_forward(q, k, v, tabs, flat, scale, stages=stages, form=form)),
             "library_ms": gpu_ms(lambda: forward_tables(q, k, v, tabs, scale))}
 
 
@@ -215,14 +239,14 @@ def main() -> None:
         ref_o, ref_lse = forward_tables(q, k, v, tabs, scale)
         for programs in (args.programs if not dry else [3, 7]):
             flat = flat_tables(tabs, programs)
-            for stages, branch in [(st, br) for st in (args.stages if not dry else [1]) for br in (True, False)]:
-                o, lse = flat_forward(q, k, v, tabs, flat, scale, stages=stages, kind_branch=branch)
+            for stages, form in [(st, f) for st in (args.stages if not dry else [1, 3]) for f in FORMS]:
+                o, lse = flat_forward(q, k, v, tabs, flat, scale, stages=stages, form=form)
                 err = (o.float() - ref_o.float()).abs().max().item()
                 lerr = (lse - ref_lse).abs().max().item()
-                row = {"n": n, "programs": programs, "stages": stages, "kind_branch": branch, "max_err_o": err, "max_err_lse": lerr,
+                row = {"n": n, "programs": programs, "stages": stages, "form": form, "max_err_o": err, "max_err_lse": lerr,
                        "ok": err <= (1e-5 if dry else 2e-2) and lerr <= (1e-4 if dry else 1e-2)}
                 if not dry:
-                    row.update(timings(q, k, v, tabs, flat, scale, stages, branch))
+                    row.update(timings(q, k, v, tabs, flat, scale, stages, form))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if args.json:
