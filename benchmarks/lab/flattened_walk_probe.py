@@ -1,6 +1,6 @@
 """Probe: the short-walk forward as ONE flattened loop over (work item, visit) pairs (issue 19).
 
-    TRITON_INTERPRET=1 python benchmarks/lab/flattened_walk_probe.py --dry      # CPU: correctness only
+    python benchmarks/lab/flattened_walk_probe.py --dry                         # CPU: correctness only
     PYTHONPATH=src python benchmarks/lab/flattened_walk_probe.py               # GPU: check + timings
 
 The library's forward runs one program per (head, query tile), and a short walk (local and strided
@@ -28,6 +28,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+if "--dry" in sys.argv:  # the interpreter must be on before the kernels are decorated
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch
 
