@@ -513,3 +513,18 @@ def test_fused_qkv_in_the_interpreter():
     (want,) = torch.autograd.grad(ref, x, g.double())
     tol = FP32_ATOL or 1e-5
     assert (out.double() - ref).abs().max() < tol and (grad.double() - want).abs().max() < tol
+
+
+def test_flattened_walk_probe_matches_the_library():
+    """benchmarks/lab/flattened_walk_probe.py (issue 19's flattened short-walk forward, a lab probe built on
+    this package's private kernel helpers) still matches the library's forward in the interpreter."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "lab" / "flattened_walk_probe.py"), "--dry"],
+                         check=False, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count('"ok": true') == 6, res.stdout

@@ -242,7 +242,7 @@ def main() -> None:
         ref_o, ref_lse = forward_tables(q, k, v, tabs, scale)
         for programs in (args.programs if not dry else [3, 7]):
             flat = flat_tables(tabs, programs)
-            for stages, form in [(st, f) for st in (args.stages if not dry else [1, 3]) for f in FORMS]:
+            for stages, form in [(st, f) for st in (args.stages if not dry else [1]) for f in FORMS]:
                 o, lse = flat_forward(q, k, v, tabs, flat, scale, stages=stages, form=form)
                 err = (o.float() - ref_o.float()).abs().max().item()
                 lerr = (lse - ref_lse).abs().max().item()
